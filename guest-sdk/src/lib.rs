@@ -1,0 +1,280 @@
+//! Write a Kubernetes FlexVolume driver for `flex` as a WebAssembly component.
+//!
+//! A driver is a type implementing [`Driver`]. Every verb defaults to `Not supported`, except
+//! [`Driver::init`], which must report the driver's capabilities. Privileged work (mounting and
+//! so on) goes through the host, which checks it against the node's policy, in the modules
+//! [`mounts`] and [`log`]. A driver never prints: kubelet reads stdout and stderr together as
+//! the reply, so diagnostics go through [`log`].
+//!
+//! ```ignore
+//! use flex_sdk::{mounts, Capabilities, Driver, Options, Result};
+//!
+//! struct Scratch;
+//!
+//! impl Driver for Scratch {
+//!     fn init() -> Result<Capabilities> {
+//!         Ok(Capabilities { attach: false, ..Capabilities::default() })
+//!     }
+//!     fn mount(target_dir: String, options: Options) -> Result<()> {
+//!         if mounts::is_mountpoint(&target_dir)? {
+//!             return Ok(()); // kubelet retries: already done is success
+//!         }
+//!         mounts::Mount::new("tmpfs", &target_dir).fs_type("tmpfs").read_only(options.read_only).mount()
+//!     }
+//!     fn unmount(target_dir: String) -> Result<()> {
+//!         if mounts::is_mountpoint(&target_dir)? {
+//!             mounts::unmount(&target_dir)?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! flex_sdk::export_driver!(Scratch);
+//! ```
+//! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component `flex` loads.
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "driver",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_flex_driver",
+        default_bindings_module: "::flex_sdk::bindings",
+    });
+}
+
+pub use bindings::flex::volume::types::{Capabilities, Error, Options, Secret};
+
+/// What every verb returns.
+pub type Result<T> = core::result::Result<T, Error>;
+
+/// A failure with a message for kubelet's events and logs.
+pub fn failure(message: impl Into<String>) -> Error {
+    Error::Failure(message.into())
+}
+
+impl Default for Capabilities {
+    /// kubelet's own defaults, except `attach`, which defaults to false here: a driver that
+    /// does not implement attach must say so, or pods wait for an attach that never comes.
+    fn default() -> Self {
+        Capabilities {
+            attach: false,
+            selinux_relabel: true,
+            supports_metrics: false,
+            fs_group: true,
+            requires_fs_resize: false,
+        }
+    }
+}
+
+impl Options {
+    /// A driver-specific option (the volume's `options`, or a StorageClass parameter).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A secret from the volume's `secretRef` (only `mount` receives secrets).
+    pub fn secret(&self, name: &str) -> Option<&[u8]> {
+        self.secrets
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.value.as_slice())
+    }
+}
+
+/// The FlexVolume verbs. Each defaults to `Not supported`, which kubelet caches per verb for
+/// the driver's lifetime and then does its own default (see the FlexVolume protocol).
+/// Every verb must be idempotent: kubelet retries everything.
+#[allow(unused_variables)]
+pub trait Driver {
+    fn init() -> Result<Capabilities>;
+    fn get_volume_name(options: Options) -> Result<String> {
+        Err(Error::NotSupported)
+    }
+    fn attach(options: Options, node: String) -> Result<String> {
+        Err(Error::NotSupported)
+    }
+    fn detach(volume_name: String, node: String) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+    fn wait_for_attach(device: String, options: Options) -> Result<String> {
+        Err(Error::NotSupported)
+    }
+    fn is_attached(options: Options, node: String) -> Result<bool> {
+        Err(Error::NotSupported)
+    }
+    fn mount_device(device_mount_path: String, device: String, options: Options) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+    fn unmount_device(device_mount_path: String) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+    fn mount(target_dir: String, options: Options) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+    fn unmount(target_dir: String) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+    fn expand_volume(
+        options: Options,
+        device_mount_path: String,
+        new_size: u64,
+        old_size: u64,
+    ) -> Result<u64> {
+        Err(Error::NotSupported)
+    }
+    fn expand_fs(
+        options: Options,
+        device: String,
+        device_mount_path: String,
+        new_size: u64,
+        old_size: u64,
+    ) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+    fn provision(options: Options) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+    fn delete(options: Options) -> Result<()> {
+        Err(Error::NotSupported)
+    }
+}
+
+/// Exports a [`Driver`] implementation as the component's `flex:volume/verbs`.
+#[macro_export]
+macro_rules! export_driver {
+    ($driver:ty) => {
+        const _: () = {
+            use $crate::bindings::exports::flex::volume::verbs::Guest;
+            use $crate::{Capabilities, Driver, Options, Result};
+
+            struct Exports;
+
+            impl Guest for Exports {
+                fn init() -> Result<Capabilities> {
+                    <$driver as Driver>::init()
+                }
+                fn get_volume_name(o: Options) -> Result<String> {
+                    <$driver as Driver>::get_volume_name(o)
+                }
+                fn attach(o: Options, node: String) -> Result<String> {
+                    <$driver as Driver>::attach(o, node)
+                }
+                fn detach(volume: String, node: String) -> Result<()> {
+                    <$driver as Driver>::detach(volume, node)
+                }
+                fn wait_for_attach(device: String, o: Options) -> Result<String> {
+                    <$driver as Driver>::wait_for_attach(device, o)
+                }
+                fn is_attached(o: Options, node: String) -> Result<bool> {
+                    <$driver as Driver>::is_attached(o, node)
+                }
+                fn mount_device(path: String, device: String, o: Options) -> Result<()> {
+                    <$driver as Driver>::mount_device(path, device, o)
+                }
+                fn unmount_device(path: String) -> Result<()> {
+                    <$driver as Driver>::unmount_device(path)
+                }
+                fn mount(dir: String, o: Options) -> Result<()> {
+                    <$driver as Driver>::mount(dir, o)
+                }
+                fn unmount(dir: String) -> Result<()> {
+                    <$driver as Driver>::unmount(dir)
+                }
+                fn expand_volume(o: Options, path: String, new: u64, old: u64) -> Result<u64> {
+                    <$driver as Driver>::expand_volume(o, path, new, old)
+                }
+                fn expand_fs(
+                    o: Options,
+                    device: String,
+                    path: String,
+                    new: u64,
+                    old: u64,
+                ) -> Result<()> {
+                    <$driver as Driver>::expand_fs(o, device, path, new, old)
+                }
+                fn provision(o: Options) -> Result<()> {
+                    <$driver as Driver>::provision(o)
+                }
+                fn delete(o: Options) -> Result<()> {
+                    <$driver as Driver>::delete(o)
+                }
+            }
+
+            $crate::bindings::__export_flex_driver!(Exports);
+        };
+    };
+}
+
+/// Diagnostics, written to the host's log file (never to kubelet).
+pub mod log {
+    use crate::bindings::flex::volume::log::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message)
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message)
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message)
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message)
+    }
+}
+
+/// Mounting through the host. Only the directory kubelet passed in this call may be a target.
+pub mod mounts {
+    use crate::bindings::flex::volume::mounts as host;
+    use crate::{Result, failure};
+
+    /// A mount to perform; built with [`Mount::new`] and friends, run with [`Mount::mount`].
+    pub struct Mount(host::MountRequest);
+
+    impl Mount {
+        pub fn new(source: &str, target: &str) -> Self {
+            Mount(host::MountRequest {
+                source: source.into(),
+                target: target.into(),
+                fs_type: String::new(),
+                options: Vec::new(),
+                bind: false,
+            })
+        }
+        /// A bind mount of `source` (a directory) onto `target`.
+        pub fn bind(source: &str, target: &str) -> Self {
+            let mut m = Mount::new(source, target);
+            m.0.bind = true;
+            m
+        }
+        pub fn fs_type(mut self, fs_type: &str) -> Self {
+            self.0.fs_type = fs_type.into();
+            self
+        }
+        /// One mount option: a flag such as `nosuid`, or file system data such as `size=64m`.
+        pub fn option(mut self, option: impl Into<String>) -> Self {
+            self.0.options.push(option.into());
+            self
+        }
+        pub fn read_only(self, read_only: bool) -> Self {
+            if read_only { self.option("ro") } else { self }
+        }
+        pub fn mount(self) -> Result<()> {
+            host::mount(&self.0).map_err(failure)
+        }
+    }
+
+    pub fn unmount(target: &str) -> Result<()> {
+        host::unmount(target).map_err(failure)
+    }
+
+    pub fn is_mountpoint(path: &str) -> Result<bool> {
+        host::is_mountpoint(path).map_err(failure)
+    }
+}

@@ -1,0 +1,76 @@
+//! The host's log: one JSON line per event in `FLEX_LOG_DIR/flex.log` (default `/var/log/flex`).
+//!
+//! Never stdout or stderr: kubelet parses both, combined, as the reply. If the log cannot be
+//! opened the lines are dropped rather than risk a stray byte on kubelet's pipe.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub const DEFAULT_LOG_DIR: &str = "/var/log/flex";
+
+pub fn log_dir() -> PathBuf {
+    std::env::var_os("FLEX_LOG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| DEFAULT_LOG_DIR.into())
+}
+
+/// Appends whole lines with one `write` each (`O_APPEND`), so concurrent calls never interleave.
+pub struct Logger {
+    file: Option<File>,
+    driver: String,
+    verb: String,
+}
+
+impl Logger {
+    pub fn open(driver: &str, verb: &str) -> Logger {
+        Logger::to_file(&log_dir().join("flex.log"), driver, verb)
+    }
+
+    pub fn to_file(path: &std::path::Path, driver: &str, verb: &str) -> Logger {
+        Logger {
+            file: open_append(path),
+            driver: driver.into(),
+            verb: verb.into(),
+        }
+    }
+
+    pub fn log(&mut self, level: &str, source: &str, message: &str) {
+        let Some(file) = &mut self.file else { return };
+        let line = serde_json::json!({
+            "time_ms": unix_millis(),
+            "pid": std::process::id(),
+            "level": level,
+            "source": source,
+            "driver": self.driver,
+            "verb": self.verb,
+            "message": message,
+        });
+        let mut bytes = line.to_string().into_bytes();
+        bytes.push(b'\n');
+        let _ = file.write_all(&bytes);
+    }
+
+    pub fn info(&mut self, message: &str) {
+        self.log("info", "host", message)
+    }
+
+    pub fn error(&mut self, message: &str) {
+        self.log("error", "host", message)
+    }
+}
+
+pub fn open_append(path: &std::path::Path) -> Option<File> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    OpenOptions::new().create(true).append(true).open(path).ok()
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}

@@ -1,0 +1,76 @@
+//! The capability policy a cluster's security team writes for one driver:
+//! `FLEX_POLICY_DIR/<vendor~driver>.toml` (default `/etc/flex/policy`), outside the kubelet
+//! plugin dir so a driver update cannot widen its own grants.
+//!
+//! Deny by default: with no file a driver may compute and log, and every privileged import is
+//! refused. An invalid file (unknown key, wrong type, bad pattern) fails every verb with a
+//! message naming the file; it is never read as a partial grant.
+
+use crate::caps::mounts::MountGrant;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_POLICY_DIR: &str = "/etc/flex/policy";
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Mounting: which file systems, sources and options; targets beyond the call's own.
+    #[serde(default)]
+    pub mount: MountGrant,
+}
+
+pub fn policy_path(driver: &str) -> PathBuf {
+    let dir = std::env::var_os("FLEX_POLICY_DIR").map(PathBuf::from);
+    dir.unwrap_or_else(|| DEFAULT_POLICY_DIR.into())
+        .join(format!("{driver}.toml"))
+}
+
+/// The driver's policy; the empty (deny-all) policy when it has no file.
+pub fn load(driver: &str) -> Result<Policy, String> {
+    let path = policy_path(driver);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text, &path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
+        Err(e) => Err(format!("cannot read policy {}: {e}", path.display())),
+    }
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Policy, String> {
+    let invalid = |e: &dyn std::fmt::Display| format!("invalid policy {}: {e}", path.display());
+    let policy: Policy = toml::from_str(text).map_err(|e| invalid(&e))?;
+    policy.mount.validate().map_err(|e| invalid(&e))?;
+    Ok(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_policies_name_the_file_and_the_problem() {
+        let path = Path::new("/etc/flex/policy/acme~x.toml");
+        for (text, expected) in [
+            ("[mount]\nfs_type = [\"tmpfs\"]", "unknown field `fs_type`"),
+            ("[mount]\nfs_types = \"tmpfs\"", "invalid type"),
+            (
+                "[mount]\nsources = [\"/dev/[\"]",
+                "invalid pattern \"/dev/[\"",
+            ),
+            ("[network]\n", "unknown field `network`"),
+        ] {
+            let err = parse(text, path).unwrap_err();
+            assert!(
+                err.starts_with("invalid policy /etc/flex/policy/acme~x.toml"),
+                "{err}"
+            );
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn empty_policy_grants_nothing() {
+        let policy = parse("", Path::new("p.toml")).unwrap();
+        assert!(policy.mount.fs_types.is_empty() && policy.mount.sources.is_empty());
+    }
+}

@@ -1,0 +1,279 @@
+//! One verb call: load the driver's compiled component, link the host imports its policy
+//! grants, instantiate it in a fresh store with memory and time limits, call the verb.
+
+use crate::artifact::{self, Source};
+use crate::bindings::{self, DriverError};
+use crate::caps::mounts::Mounts;
+use crate::locate::Plugin;
+use crate::logfile::Logger;
+use crate::policy::Policy;
+use crate::protocol::{Call, Reply};
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// What a driver may print to stdout/stderr before further output is refused. The output only
+/// goes to the log; kubelet never sees it.
+const GUEST_OUTPUT_BYTES: usize = 64 << 10;
+const MEMORY_LIMIT_BYTES: usize = 256 << 20;
+/// kubelet has no timeout for most verbs, so a hung driver would wedge it; this bounds it.
+const VERB_DEADLINE: Duration = Duration::from_secs(120);
+/// kubelet kills `waitforattach` after 10 minutes; end well before that with a clear reply.
+const WAIT_FOR_ATTACH_DEADLINE: Duration = Duration::from_secs(570);
+
+/// The store's data for one call: WASI (stdio captured, nothing else) plus one field per
+/// capability, each the `Host` implementation of its interface.
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub logger: Logger,
+    mounts: Mounts,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The one engine configuration: compiling and loading must agree on it, or wasmtime rejects
+/// the cached artifact (and it is recompiled).
+pub fn engine() -> Result<Engine, String> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    Engine::new(&config).map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))
+}
+
+pub fn run(
+    plugin: &Plugin,
+    policy: &Policy,
+    call: Call,
+    verb: &str,
+    logger: Logger,
+) -> (Reply, Logger) {
+    let engine = match engine() {
+        Ok(engine) => engine,
+        Err(e) => return (Reply::failure(e), logger),
+    };
+    let mut logger = logger;
+    let component = match artifact::load(&engine, &plugin.component) {
+        Ok((component, source, notes)) => {
+            notes.iter().for_each(|note| logger.error(note));
+            if let Source::Compiled = source {
+                logger.info(&format!("compiled {}", plugin.component.display()));
+            }
+            component
+        }
+        Err(e) => return (Reply::failure(e), logger),
+    };
+
+    let stdout = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
+    let stderr = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
+    let wasi = WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .build();
+    let state = CallState {
+        wasi,
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(MEMORY_LIMIT_BYTES)
+            .build(),
+        logger,
+        mounts: Mounts::new(&policy.mount, &call_targets(&call)),
+    };
+    let mut store = Store::new(&engine, state);
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(1);
+    let deadline = if verb == "waitforattach" {
+        WAIT_FOR_ATTACH_DEADLINE
+    } else {
+        VERB_DEADLINE
+    };
+    let timer_engine = engine.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        timer_engine.increment_epoch();
+    });
+
+    let outcome = link(&engine).and_then(|linker| {
+        let driver = bindings::Driver::instantiate(&mut store, &component, &linker)?;
+        call_verb(driver.flex_volume_verbs(), &mut store, call)
+    });
+    let mut logger = store.into_data().logger;
+    for (name, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
+        let text = pipe.contents();
+        if !text.is_empty() {
+            logger.log(
+                "info",
+                &format!("driver {name}"),
+                &String::from_utf8_lossy(&text),
+            );
+        }
+    }
+    let reply = match outcome {
+        Ok(reply) => reply,
+        Err(e) => {
+            logger.error(&format!("{e:?}"));
+            Reply::failure(crash_message(
+                &plugin.name,
+                verb,
+                &e,
+                &stderr.contents(),
+                deadline,
+            ))
+        }
+    };
+    (reply, logger)
+}
+
+fn link(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
+    let mut linker = Linker::<CallState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    bindings::flex::volume::log::add_to_linker::<_, HasSelf<Logger>>(&mut linker, |s| {
+        &mut s.logger
+    })?;
+    bindings::flex::volume::mounts::add_to_linker::<_, HasSelf<Mounts>>(&mut linker, |s| {
+        &mut s.mounts
+    })?;
+    Ok(linker)
+}
+
+/// The directories kubelet handed to this call: the only ones a driver may mount onto.
+fn call_targets(call: &Call) -> Vec<&str> {
+    match call {
+        Call::Mount { dir, .. } | Call::Unmount { dir } => vec![dir],
+        Call::MountDevice { path, .. } | Call::UnmountDevice { path } => vec![path],
+        _ => vec![],
+    }
+}
+
+fn call_verb(
+    verbs: &bindings::Verbs,
+    store: &mut Store<CallState>,
+    call: Call,
+) -> wasmtime::Result<Reply> {
+    let s = store;
+    Ok(match call {
+        Call::Init => reply(verbs.call_init(s)?, |caps| Reply {
+            capabilities: Some(caps.into()),
+            ..Reply::success()
+        }),
+        Call::GetVolumeName { options } => {
+            reply(verbs.call_get_volume_name(s, &options)?, |name| Reply {
+                volume_name: Some(name),
+                ..Reply::success()
+            })
+        }
+        Call::Attach { options, node } => {
+            reply(verbs.call_attach(s, &options, &node)?, device_reply)
+        }
+        Call::Detach { volume, node } => reply(verbs.call_detach(s, &volume, &node)?, success),
+        Call::WaitForAttach { device, options } => reply(
+            verbs.call_wait_for_attach(s, &device, &options)?,
+            device_reply,
+        ),
+        Call::IsAttached { options, node } => {
+            reply(verbs.call_is_attached(s, &options, &node)?, |attached| {
+                Reply {
+                    attached: Some(attached),
+                    ..Reply::success()
+                }
+            })
+        }
+        Call::MountDevice {
+            path,
+            device,
+            options,
+        } => reply(
+            verbs.call_mount_device(s, &path, &device, &options)?,
+            success,
+        ),
+        Call::UnmountDevice { path } => reply(verbs.call_unmount_device(s, &path)?, success),
+        Call::Mount { dir, options } => reply(verbs.call_mount(s, &dir, &options)?, success),
+        Call::Unmount { dir } => reply(verbs.call_unmount(s, &dir)?, success),
+        Call::ExpandVolume {
+            options,
+            path,
+            new_size,
+            old_size,
+        } => reply(
+            verbs.call_expand_volume(s, &options, &path, new_size, old_size)?,
+            |size| Reply {
+                volume_new_size: Some(size),
+                ..Reply::success()
+            },
+        ),
+        Call::ExpandFs {
+            options,
+            device,
+            path,
+            new_size,
+            old_size,
+        } => reply(
+            verbs.call_expand_fs(s, &options, &device, &path, new_size, old_size)?,
+            success,
+        ),
+        Call::Provision { options } => reply(verbs.call_provision(s, &options)?, success),
+        Call::Delete { options } => reply(verbs.call_delete(s, &options)?, success),
+    })
+}
+
+fn reply<T>(result: Result<T, DriverError>, on_success: impl FnOnce(T) -> Reply) -> Reply {
+    match result {
+        Ok(value) => on_success(value),
+        Err(DriverError::NotSupported) => Reply::not_supported("not supported by this driver"),
+        Err(DriverError::Failure(message)) => Reply::failure(message),
+    }
+}
+
+fn success(_: ()) -> Reply {
+    Reply::success()
+}
+
+fn device_reply(device: String) -> Reply {
+    Reply {
+        device: Some(device),
+        ..Reply::success()
+    }
+}
+
+/// A trap or link error, in words an operator can act on; the full error is in the log.
+fn crash_message(
+    driver: &str,
+    verb: &str,
+    error: &wasmtime::Error,
+    stderr: &[u8],
+    deadline: Duration,
+) -> String {
+    let reason = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("did not finish within {}s", deadline.as_secs()),
+        Some(trap) => format!("crashed ({trap})"),
+        None => format!("could not run: {}", error.root_cause()),
+    };
+    let stderr = String::from_utf8_lossy(stderr);
+    // A Rust guest's panic message is the most useful line it printed.
+    let detail = stderr
+        .lines()
+        .skip_while(|line| !line.contains("panicked at"))
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let detail = if detail.is_empty() {
+        stderr.lines().last().unwrap_or("").to_string()
+    } else {
+        detail
+    };
+    let mut message = format!("driver {driver} {reason} during {verb}");
+    if !detail.is_empty() {
+        message.push_str(": ");
+        message.extend(detail.chars().take(500));
+    }
+    message
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs the tmpfs driver into a throwaway kubelet plugin dir and runs a volume's lifecycle
+# the way kubelet does: init, mount with kubelet's option JSON, unmount. Prints each call and
+# its reply. Needs root (it really mounts) and `make build` first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "demo: run as root (it mounts a tmpfs)" >&2; exit 1; }
+node=$(mktemp -d /tmp/flex-demo.XXXXXX)
+plugin_dir=$node/volume-plugins
+export FLEX_POLICY_DIR=$node/policy FLEX_LOG_DIR=$node/log
+pod_dir=$node/pods/8d3c1f2e/volumes/flex~tmpfs/scratch
+cleanup() { umount "$pod_dir" 2>/dev/null || true; }
+trap cleanup EXIT
+
+# Installed as kubelet expects: <plugindir>/<vendor~driver>/<driver>, component beside it,
+# policy outside the plugin dir.
+mkdir -p "$plugin_dir/flex~tmpfs" "$FLEX_POLICY_DIR" "$pod_dir"
+cp target/release/flex "$plugin_dir/flex~tmpfs/tmpfs"
+cp target/wasm32-wasip2/release/flex_tmpfs.wasm "$plugin_dir/flex~tmpfs/tmpfs.wasm"
+cp plugins/tmpfs/policy.toml "$FLEX_POLICY_DIR/flex~tmpfs.toml"
+driver=$plugin_dir/flex~tmpfs/tmpfs
+
+call() {
+  echo "\$ tmpfs $*"
+  local start end rc=0 reply
+  start=$(date +%s%N)
+  reply=$("$driver" "$@" 2>&1) || rc=$?
+  end=$(date +%s%N)
+  echo "  -> $reply   (exit $rc, $(( (end - start) / 1000 )) us)"
+}
+
+options='{"kubernetes.io/fsType":"","kubernetes.io/mounterArgs.FsGroup":"2000","kubernetes.io/pod.name":"web-0","kubernetes.io/pod.namespace":"default","kubernetes.io/pod.uid":"8d3c1f2e","kubernetes.io/pvOrVolumeName":"scratch","kubernetes.io/readwrite":"rw","kubernetes.io/serviceAccount.name":"default","size":"16Mi"}'
+
+echo "# plugin dir: $plugin_dir"
+call init          # first call compiles the component and caches the artifact
+call init          # later calls load the cached artifact
+call mount "$pod_dir" "$options"
+echo "  mounted: $(grep " $pod_dir " /proc/self/mountinfo | awk '{print $5, $(NF-2), $NF}')"
+echo "hello from the pod" > "$pod_dir/greeting"
+echo "  wrote $pod_dir/greeting; group $(stat -c %g "$pod_dir")"
+call mount "$pod_dir" "$options"   # kubelet retries: still Success, still one mount
+call unmount "$pod_dir"
+call unmount "$pod_dir"
+grep -q " $pod_dir " /proc/self/mountinfo && { echo "demo: still mounted" >&2; exit 1; }
+call getvolumename '{"kubernetes.io/pvOrVolumeName":"scratch"}'
+echo "# driver log: $FLEX_LOG_DIR/flex.log ($(wc -l < "$FLEX_LOG_DIR/flex.log") lines)"
+rm -rf "$node"
+echo "demo: lifecycle complete"

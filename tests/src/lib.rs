@@ -1,0 +1,278 @@
+//! Test harness: drives the built `flex` binary exactly as kubelet does, with drivers laid out
+//! in a temporary plugin directory (`<plugindir>/<vendor~driver>/<driver>` plus the component
+//! beside it), its own policy, log and mount directories.
+//!
+//! Build first (`make test` does): `target/release/flex` and the guests in
+//! `target/wasm32-wasip2/release/`. `FLEX_BIN` and `FLEX_GUESTS` override those paths.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use serde_json::{Value, json};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn flex_binary() -> PathBuf {
+    let path = std::env::var_os("FLEX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/flex"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build with `make build` first",
+        path.display()
+    );
+    path
+}
+
+/// A built guest component, e.g. `guest("flex_tmpfs")`.
+pub fn guest(crate_name: &str) -> PathBuf {
+    let dir = std::env::var_os("FLEX_GUESTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip2/release"));
+    let path = dir.join(format!("{crate_name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build with `make build` first",
+        path.display()
+    );
+    path
+}
+
+/// The policy a plugin ships with, e.g. `shipped_policy("tmpfs")`.
+pub fn shipped_policy(plugin: &str) -> String {
+    std::fs::read_to_string(
+        workspace_root()
+            .join("plugins")
+            .join(plugin)
+            .join("policy.toml"),
+    )
+    .expect("shipped policy")
+}
+
+/// Mounting needs root; tests fail loudly without it rather than skip.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests mount file systems: run them as root"
+    );
+}
+
+/// One node's worth of directories, removed (and anything mounted under it unmounted) on drop.
+pub struct Node {
+    root: tempfile::TempDir,
+}
+
+/// What one exec of the driver produced.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The reply as kubelet reads it: stdout and stderr together must be one JSON object.
+    pub fn reply(&self) -> Value {
+        assert_eq!(self.stderr, "", "stderr must stay empty");
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("reply is not one JSON document ({e}): {:?}", self.stdout))
+    }
+
+    pub fn status(&self) -> String {
+        self.reply()["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    pub fn message(&self) -> String {
+        self.reply()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Asserts Success with exit code 0.
+    pub fn success(&self) -> Value {
+        let reply = self.reply();
+        assert_eq!(
+            (reply["status"].as_str(), self.code),
+            (Some("Success"), 0),
+            "{reply}"
+        );
+        reply
+    }
+
+    /// Asserts Failure with exit code 1 and returns the message.
+    pub fn failure(&self) -> String {
+        let reply = self.reply();
+        assert_eq!(
+            (reply["status"].as_str(), self.code),
+            (Some("Failure"), 1),
+            "{reply}"
+        );
+        self.message()
+    }
+}
+
+impl Node {
+    pub fn new() -> Node {
+        let root = tempfile::Builder::new()
+            .prefix("flex-node-")
+            .tempdir()
+            .expect("temp dir");
+        for dir in ["plugins", "policy", "log", "pods"] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        Node { root }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.path().join(relative)
+    }
+
+    /// Installs `component` as `<plugindir>/<vendor~driver>/<driver>`, as kubelet expects it.
+    pub fn install(&self, vendor_driver: &str, component: &Path) -> PathBuf {
+        let driver = vendor_driver.rsplit('~').next().unwrap();
+        let dir = self.path("plugins").join(vendor_driver);
+        std::fs::create_dir_all(&dir).unwrap();
+        let executable = dir.join(driver);
+        std::fs::copy(flex_binary(), &executable).unwrap();
+        std::fs::copy(component, dir.join(format!("{driver}.wasm"))).unwrap();
+        executable
+    }
+
+    pub fn set_policy(&self, vendor_driver: &str, policy: &str) {
+        std::fs::write(
+            self.path("policy").join(format!("{vendor_driver}.toml")),
+            policy,
+        )
+        .unwrap();
+    }
+
+    /// A pod volume directory as kubelet creates it before `mount`.
+    pub fn pod_dir(&self, name: &str) -> PathBuf {
+        let dir = self.path("pods").join(name).join("volumes/flex~tmpfs/vol");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Runs `executable args...` the way kubelet does: no shell, stdin /dev/null.
+    pub fn run(&self, executable: &Path, args: &[&str]) -> Output {
+        let output = Command::new(executable)
+            .args(args)
+            .env("FLEX_POLICY_DIR", self.path("policy"))
+            .env("FLEX_LOG_DIR", self.path("log"))
+            .env_remove("FLEX_COMPONENT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("exec flex");
+        Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("log/flex.log")).unwrap_or_default()
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Node::new()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A failed test must not leave mounts behind (deepest first).
+        let mut leftovers: Vec<_> = mounts_under(self.root.path())
+            .into_iter()
+            .map(|m| m.path)
+            .collect();
+        leftovers.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        for path in leftovers {
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone)]
+pub struct MountEntry {
+    pub path: PathBuf,
+    pub fs_type: String,
+    pub options: Vec<String>,
+}
+
+pub fn mounts() -> Vec<MountEntry> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let separator = fields.iter().position(|f| *f == "-")?;
+            let mut options: Vec<String> = fields[5].split(',').map(String::from).collect();
+            options.extend(fields.get(separator + 3)?.split(',').map(String::from));
+            Some(MountEntry {
+                path: PathBuf::from(fields[4].replace("\\040", " ")),
+                fs_type: fields[separator + 1].to_string(),
+                options,
+            })
+        })
+        .collect()
+}
+
+pub fn mounts_at(path: &Path) -> Vec<MountEntry> {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    mounts().into_iter().filter(|m| m.path == path).collect()
+}
+
+pub fn mounts_under(root: &Path) -> Vec<MountEntry> {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    mounts()
+        .into_iter()
+        .filter(|m| m.path.starts_with(&root))
+        .collect()
+}
+
+/// The options JSON kubelet sends to `mount` (protocol notes §5): kubelet's keys, the pod's,
+/// then the volume's own options, compact, keys sorted.
+pub fn mount_json(
+    pv: &str,
+    read_only: bool,
+    fs_group: Option<u32>,
+    extra: &[(&str, &str)],
+) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("kubernetes.io/fsType".into(), json!(""));
+    map.insert("kubernetes.io/pod.name".into(), json!("web-0"));
+    map.insert("kubernetes.io/pod.namespace".into(), json!("default"));
+    map.insert(
+        "kubernetes.io/pod.uid".into(),
+        json!("8d3c1f2e-0000-4000-8000-000000000001"),
+    );
+    map.insert("kubernetes.io/pvOrVolumeName".into(), json!(pv));
+    map.insert(
+        "kubernetes.io/readwrite".into(),
+        json!(if read_only { "ro" } else { "rw" }),
+    );
+    map.insert("kubernetes.io/serviceAccount.name".into(), json!("default"));
+    if let Some(gid) = fs_group {
+        map.insert(
+            "kubernetes.io/mounterArgs.FsGroup".into(),
+            json!(gid.to_string()),
+        );
+    }
+    for (k, v) in extra {
+        map.insert((*k).into(), json!(v));
+    }
+    serde_json::to_string(&map).unwrap()
+}
