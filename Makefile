@@ -3,7 +3,7 @@
 CARGO ?= cargo
 GUESTS := -p flex-tmpfs -p flex-hostile
 
-.PHONY: build demo test lint
+.PHONY: build demo test lint bench
 
 build:
 	$(CARGO) build --release -p flex
@@ -21,3 +21,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip2 $(GUESTS) -p flex-guest-sdk -- -D warnings
+
+# Per-call latency against /bin/true, same run (prints a table).
+bench: build
+	$(CARGO) run --release -p flex-tests --bin bench -- 200

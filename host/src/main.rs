@@ -13,6 +13,7 @@ mod options;
 mod policy;
 mod protocol;
 mod runtime;
+mod wasi_link;
 
 use logfile::Logger;
 use protocol::Reply;

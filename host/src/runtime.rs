@@ -8,8 +8,9 @@ use crate::locate::Plugin;
 use crate::logfile::Logger;
 use crate::policy::Policy;
 use crate::protocol::{Call, Reply};
+use crate::wasi_link;
 use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -102,7 +103,7 @@ pub fn run(
         timer_engine.increment_epoch();
     });
 
-    let outcome = link(&engine).and_then(|linker| {
+    let outcome = link(&engine, &component, &mut store).and_then(|linker| {
         let driver = bindings::Driver::instantiate(&mut store, &component, &linker)?;
         call_verb(driver.flex_volume_verbs(), &mut store, call)
     });
@@ -133,15 +134,26 @@ pub fn run(
     (reply, logger)
 }
 
-fn link(engine: &Engine) -> wasmtime::Result<Linker<CallState>> {
+fn link(
+    engine: &Engine,
+    component: &Component,
+    store: &mut Store<CallState>,
+) -> wasmtime::Result<Linker<CallState>> {
     let mut linker = Linker::<CallState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     bindings::flex::volume::log::add_to_linker::<_, HasSelf<Logger>>(&mut linker, |s| {
         &mut s.logger
     })?;
     bindings::flex::volume::mounts::add_to_linker::<_, HasSelf<Mounts>>(&mut linker, |s| {
         &mut s.mounts
     })?;
+    let uncommon = wasi_link::link_imported(&mut linker, component, engine)?;
+    if !uncommon.is_empty() {
+        let note = format!(
+            "component imports {}: linking all of WASI",
+            uncommon.join(", ")
+        );
+        store.data_mut().logger.info(&note);
+    }
     Ok(linker)
 }
 

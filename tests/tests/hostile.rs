@@ -105,3 +105,12 @@ fn gigantic_reply_is_cut_short() {
     );
     assert!(out.failure().ends_with("bytes cut)"));
 }
+
+#[test]
+fn host_files_are_out_of_reach() {
+    let (node, driver) = hostile_node();
+    for path in ["/etc/shadow", "/etc/hostname", "../../etc/passwd"] {
+        let message = attack(&node, &driver, "read-host-file", &[("path", path)]).failure();
+        assert!(message.starts_with("cannot read"), "{path}: {message}");
+    }
+}

@@ -20,6 +20,11 @@ impl Driver for Hostile {
                 .mount(),
             // Bind the host's root file system into the pod.
             "bind-root" => mounts::Mount::bind("/", &target_dir).mount(),
+            // WASI gives drivers no preopened directories: no host file is reachable.
+            "read-host-file" => match std::fs::read(arg("path")) {
+                Ok(bytes) => Err(failure(format!("read {} bytes", bytes.len()))),
+                Err(e) => Err(failure(format!("cannot read: {e}"))),
+            },
             "panic" => panic!("hostile driver panicked on purpose"),
             "print" => {
                 println!("{{\"status\":\"Success\"}}");
