@@ -5,6 +5,7 @@
 //! logs go to a file, driver output is captured, and even a panic becomes a `Failure` reply.
 
 mod artifact;
+mod audit;
 mod bindings;
 mod caps;
 mod locate;
@@ -34,18 +35,21 @@ fn main() {
 
 fn handle(args: &[String]) -> Reply {
     let argv0 = args.first().map(String::as_str).unwrap_or("flex");
-    let (component_flag, rest) = split_component_flag(args.get(1..).unwrap_or_default());
+    let (flags, rest) = split_flags(args.get(1..).unwrap_or_default());
+    let component_flag = flags.component;
+    // Dry run: privileged operations are checked and audited as would-do, never performed.
+    let dry_run = flags.dry_run || std::env::var_os("FLEX_DRY_RUN").is_some_and(|v| v == "1");
     let plugin = locate::locate(argv0, component_flag);
     let Some((verb, verb_args)) = rest.split_first() else {
         return Reply::failure(
-            "usage: flex [--component PATH] <verb> [arguments...]; kubelet runs this as a FlexVolume driver",
+            "usage: flex [--component PATH] [--dry-run] <verb> [arguments...]; kubelet runs this as a FlexVolume driver",
         );
     };
     let mut logger = Logger::open(&plugin.name, verb);
     let reply = match protocol::parse(verb, verb_args) {
         Ok(call) => match policy::load(&plugin.name) {
             Ok(policy) => {
-                let (reply, returned) = runtime::run(&plugin, &policy, call, verb, logger);
+                let (reply, returned) = runtime::run(&plugin, &policy, call, verb, logger, dry_run);
                 logger = returned;
                 reply
             }
@@ -61,14 +65,27 @@ fn handle(args: &[String]) -> Reply {
     reply
 }
 
-/// `--component PATH` (or `--component=PATH`) before the verb, for development.
-fn split_component_flag(args: &[String]) -> (Option<&str>, &[String]) {
-    match args {
-        [flag, path, rest @ ..] if flag == "--component" => (Some(path), rest),
-        [flag, rest @ ..] if flag.starts_with("--component=") => {
-            (Some(&flag["--component=".len()..]), rest)
+#[derive(Default)]
+struct Flags<'a> {
+    component: Option<&'a str>,
+    dry_run: bool,
+}
+
+/// Development flags before the verb: `--component PATH` (or `=PATH`) and `--dry-run`.
+/// kubelet never passes any, so the verb is the first argument that is not one of them.
+fn split_flags(mut args: &[String]) -> (Flags<'_>, &[String]) {
+    let mut flags = Flags::default();
+    loop {
+        match args {
+            [flag, path, rest @ ..] if flag == "--component" => {
+                (flags.component, args) = (Some(path.as_str()), rest)
+            }
+            [flag, rest @ ..] if flag.starts_with("--component=") => {
+                (flags.component, args) = (Some(&flag["--component=".len()..]), rest)
+            }
+            [flag, rest @ ..] if flag == "--dry-run" => (flags.dry_run, args) = (true, rest),
+            _ => return (flags, args),
         }
-        _ => (None, args),
     }
 }
 

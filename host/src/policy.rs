@@ -18,6 +18,50 @@ pub struct Policy {
     /// Mounting: which file systems, sources and options; targets beyond the call's own.
     #[serde(default)]
     pub mount: MountGrant,
+    /// Memory and time for one call.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Sandbox limits. kubelet has no timeout for most verbs, so a hung driver would wedge it.
+#[derive(Deserialize, Debug, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub memory_mib: u64,
+    pub deadline_seconds: u64,
+    /// kubelet kills `waitforattach` after 10 minutes; it must end, with a reply, before that.
+    pub wait_for_attach_deadline_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mib: 256,
+            deadline_seconds: 120,
+            wait_for_attach_deadline_seconds: 570,
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<(), String> {
+        let check = |name: &str, value: u64, max: u64| {
+            if (1..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "limits.{name} must be between 1 and {max}, not {value}"
+                ))
+            }
+        };
+        check("memory_mib", self.memory_mib, 4096)?;
+        check("deadline_seconds", self.deadline_seconds, 3600)?;
+        check(
+            "wait_for_attach_deadline_seconds",
+            self.wait_for_attach_deadline_seconds,
+            590,
+        )
+    }
 }
 
 pub fn policy_path(driver: &str) -> PathBuf {
@@ -40,6 +84,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, String> {
     let invalid = |e: &dyn std::fmt::Display| format!("invalid policy {}: {e}", path.display());
     let policy: Policy = toml::from_str(text).map_err(|e| invalid(&e))?;
     policy.mount.validate().map_err(|e| invalid(&e))?;
+    policy.limits.validate().map_err(|e| invalid(&e))?;
     Ok(policy)
 }
 
@@ -58,6 +103,11 @@ mod tests {
                 "invalid pattern \"/dev/[\"",
             ),
             ("[network]\n", "unknown field `network`"),
+            (
+                "[limits]\nwait_for_attach_deadline_seconds = 600",
+                "between 1 and 590",
+            ),
+            ("[limits]\nmemory_mib = 0", "limits.memory_mib"),
         ] {
             let err = parse(text, path).unwrap_err();
             assert!(

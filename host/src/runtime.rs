@@ -2,6 +2,7 @@
 //! grants, instantiate it in a fresh store with memory and time limits, call the verb.
 
 use crate::artifact::{self, Source};
+use crate::audit::Audit;
 use crate::bindings::{self, DriverError};
 use crate::caps::mounts::Mounts;
 use crate::locate::Plugin;
@@ -18,11 +19,6 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 /// What a driver may print to stdout/stderr before further output is refused. The output only
 /// goes to the log; kubelet never sees it.
 const GUEST_OUTPUT_BYTES: usize = 64 << 10;
-const MEMORY_LIMIT_BYTES: usize = 256 << 20;
-/// kubelet has no timeout for most verbs, so a hung driver would wedge it; this bounds it.
-const VERB_DEADLINE: Duration = Duration::from_secs(120);
-/// kubelet kills `waitforattach` after 10 minutes; end well before that with a clear reply.
-const WAIT_FOR_ATTACH_DEADLINE: Duration = Duration::from_secs(570);
 
 /// The store's data for one call: WASI (stdio captured, nothing else) plus one field per
 /// capability, each the `Host` implementation of its interface.
@@ -57,6 +53,7 @@ pub fn run(
     call: Call,
     verb: &str,
     logger: Logger,
+    dry_run: bool,
 ) -> (Reply, Logger) {
     let engine = match engine() {
         Ok(engine) => engine,
@@ -80,23 +77,23 @@ pub fn run(
         .stdout(stdout.clone())
         .stderr(stderr.clone())
         .build();
+    let audit = Audit::new(&plugin.name, verb, dry_run);
     let state = CallState {
         wasi,
         table: ResourceTable::new(),
         limits: StoreLimitsBuilder::new()
-            .memory_size(MEMORY_LIMIT_BYTES)
+            .memory_size((policy.limits.memory_mib << 20) as usize)
             .build(),
         logger,
-        mounts: Mounts::new(&policy.mount, &call_targets(&call)),
+        mounts: Mounts::new(&policy.mount, &call_targets(&call), audit),
     };
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
-    let deadline = if verb == "waitforattach" {
-        WAIT_FOR_ATTACH_DEADLINE
-    } else {
-        VERB_DEADLINE
-    };
+    let deadline = Duration::from_secs(match verb {
+        "waitforattach" => policy.limits.wait_for_attach_deadline_seconds,
+        _ => policy.limits.deadline_seconds,
+    });
     let timer_engine = engine.clone();
     std::thread::spawn(move || {
         std::thread::sleep(deadline);

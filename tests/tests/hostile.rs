@@ -114,3 +114,48 @@ fn host_files_are_out_of_reach() {
         assert!(message.starts_with("cannot read"), "{path}: {message}");
     }
 }
+
+#[test]
+fn infinite_loop_is_cut_off_at_the_policy_deadline() {
+    let (node, driver) = hostile_node();
+    node.set_policy(
+        "test~hostile",
+        &format!(
+            "{}\n[limits]\ndeadline_seconds = 1\n",
+            shipped_policy("tmpfs")
+        ),
+    );
+    let started = std::time::Instant::now();
+    let message = attack(&node, &driver, "loop", &[]).failure();
+    assert!(message.contains("did not finish within 1s"), "{message}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn denials_are_audited() {
+    let (node, driver) = hostile_node();
+    let elsewhere = node.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    attack(
+        &node,
+        &driver,
+        "mount-elsewhere",
+        &[("target", elsewhere.to_str().unwrap())],
+    )
+    .failure();
+    let audit = std::fs::read_to_string(node.path("log/audit.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (line["decision"].as_str(), line["operation"].as_str()),
+        (Some("deny"), Some("mount"))
+    );
+    assert_eq!(line["driver"], "test~hostile");
+    assert_eq!(line["args"]["target"], elsewhere.to_str().unwrap());
+    assert!(
+        line["rule"]
+            .as_str()
+            .unwrap()
+            .contains("not the directory kubelet passed"),
+        "{line}"
+    );
+}

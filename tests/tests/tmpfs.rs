@@ -187,3 +187,74 @@ fn without_a_policy_nothing_is_mounted() {
     assert!(message.contains("denied"), "{message}");
     assert!(mounts_at(&dir).is_empty());
 }
+
+#[test]
+fn every_mount_is_audited_even_under_concurrency() {
+    let (node, driver) = tmpfs_node();
+    let calls = 16;
+    let dirs: Vec<_> = (0..calls)
+        .map(|i| node.pod_dir(&format!("pod-c{i}")))
+        .collect();
+    std::thread::scope(|scope| {
+        for dir in &dirs {
+            let (node, driver) = (&node, &driver);
+            scope.spawn(move || {
+                node.run(
+                    driver,
+                    &[
+                        "mount",
+                        dir.to_str().unwrap(),
+                        &mount_json("vol", false, None, &[]),
+                    ],
+                )
+                .success();
+                node.run(driver, &["unmount", dir.to_str().unwrap()])
+                    .success();
+            });
+        }
+    });
+    let audit = std::fs::read_to_string(node.path("log/audit.jsonl")).unwrap();
+    let lines: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("whole JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2 * calls, "one line per mount and per unmount");
+    for dir in &dirs {
+        let for_dir = |op: &str| {
+            lines
+                .iter()
+                .filter(|l| l["operation"] == op && l["args"]["target"] == dir.to_str().unwrap())
+                .count()
+        };
+        assert_eq!((for_dir("mount"), for_dir("unmount")), (1, 1));
+    }
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["decision"] == "allow" && l["result"] == "ok")
+    );
+    assert!(mounts_under(&node.path("")).is_empty());
+}
+
+#[test]
+fn dry_run_audits_without_mounting() {
+    let (node, driver) = tmpfs_node();
+    let dir = node.pod_dir("pod-dry");
+    let json = mount_json("vol", false, None, &[]);
+    node.run(
+        &driver,
+        &["--dry-run", "mount", dir.to_str().unwrap(), &json],
+    )
+    .success();
+    assert!(mounts_at(&dir).is_empty());
+    let audit = std::fs::read_to_string(node.path("log/audit.jsonl")).unwrap();
+    let line: Value = serde_json::from_str(audit.trim()).unwrap();
+    assert_eq!(line["decision"], "would-do");
+    assert!(
+        line["rule"]
+            .as_str()
+            .unwrap()
+            .contains("mount.fs_types \"tmpfs\""),
+        "{line}"
+    );
+}

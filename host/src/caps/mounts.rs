@@ -6,10 +6,13 @@
 //! the resolved path is the one used, so a symlink inside the directory cannot lead out of it.
 
 use super::Patterns;
+use crate::audit::{Audit, Decision, redact_option};
 use crate::bindings::flex::volume::mounts::{Host, MountRequest};
 use nix::mount::{MntFlags, MsFlags};
 use serde::Deserialize;
+use serde_json::json;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The `[mount]` table of a policy.
 #[derive(Deserialize, Default, Debug)]
@@ -46,11 +49,22 @@ pub struct Mounts {
     extra_targets: Patterns,
     /// The directories kubelet passed in this call, resolved.
     call_targets: Vec<PathBuf>,
+    audit: Audit,
+}
+
+/// A mount the policy allowed, with the rules that allowed it.
+struct Plan {
+    source: String,
+    target: PathBuf,
+    fs_type: Option<String>,
+    flags: MsFlags,
+    data: String,
+    rule: String,
 }
 
 impl Mounts {
     /// `grant` must have passed [`MountGrant::validate`].
-    pub fn new(grant: &MountGrant, call_targets: &[&str]) -> Mounts {
+    pub fn new(grant: &MountGrant, call_targets: &[&str], audit: Audit) -> Mounts {
         let compile = |list: &[String]| Patterns::compile(list).unwrap_or_default();
         Mounts {
             fs_types: grant.fs_types.clone(),
@@ -62,110 +76,186 @@ impl Mounts {
                 .filter(|t| t.starts_with('/'))
                 .filter_map(|t| std::fs::canonicalize(t).ok())
                 .collect(),
+            audit,
         }
     }
 
-    fn resolve_target(&self, requested: &str) -> Result<PathBuf, String> {
+    /// The resolved target and the rule that allows it.
+    fn resolve_target(&self, requested: &str) -> Result<(PathBuf, String), String> {
         if !requested.starts_with('/') {
             return Err(format!(
                 "denied: target {requested:?} is not an absolute path"
             ));
         }
-        let resolved =
-            std::fs::canonicalize(requested).map_err(|e| format!("target {requested}: {e}"))?;
+        let resolved = std::fs::canonicalize(requested)
+            .map_err(|e| format!("denied: target {requested}: {e}"))?;
         let shown = resolved.to_string_lossy();
-        if self.call_targets.contains(&resolved) || self.extra_targets.matching(&shown).is_some() {
-            return Ok(resolved);
+        if self.call_targets.contains(&resolved) {
+            return Ok((resolved, "target: the call's own directory".into()));
+        }
+        if let Some(pattern) = self.extra_targets.matching(&shown) {
+            let rule = format!("target: mount.targets {pattern:?}");
+            return Ok((resolved, rule));
         }
         Err(format!(
             "denied: target {requested} (resolved: {shown}) is not the directory kubelet passed in this call"
         ))
     }
 
-    fn check_options(&self, options: &[String]) -> Result<(MsFlags, String), String> {
+    fn check_options(&self, options: &[String]) -> Result<(MsFlags, String, String), String> {
         let mut flags = MsFlags::empty();
         let mut data = Vec::new();
+        let mut rules = Vec::new();
         for option in options {
-            if self.options.matching(option).is_none() {
+            let Some(pattern) = self.options.matching(option) else {
+                let shown = redact_option(option);
                 return Err(format!(
-                    "denied: mount option {option:?} is not granted by the policy"
+                    "denied: mount option {shown:?} is not granted by the policy"
                 ));
-            }
+            };
+            rules.push(format!("{pattern:?}"));
             match mount_flag(option) {
                 Some(flag) => flags |= flag,
                 None if option == "rw" => {}
                 None => data.push(option.as_str()),
             }
         }
-        Ok((flags, data.join(",")))
+        Ok((
+            flags,
+            data.join(","),
+            format!("mount.options [{}]", rules.join(", ")),
+        ))
     }
 
-    fn check_source(&self, source: &str) -> Result<String, String> {
+    fn check_source(&self, source: &str) -> Result<(String, String), String> {
         // Device and directory paths are checked where they lead (/dev/disk/by-id/... links).
         let resolved = if source.starts_with('/') {
-            let path =
-                std::fs::canonicalize(source).map_err(|e| format!("source {source}: {e}"))?;
+            let path = std::fs::canonicalize(source)
+                .map_err(|e| format!("denied: source {source}: {e}"))?;
             path.to_string_lossy().into_owned()
         } else {
             source.to_string()
         };
         match self.sources.matching(&resolved) {
-            Some(_) => Ok(resolved),
+            Some(pattern) => {
+                let rule = format!("mount.sources {pattern:?}");
+                Ok((resolved, rule))
+            }
             None => Err(format!(
                 "denied: mount source {source:?} is not granted by the policy"
             )),
         }
     }
 
-    fn mount(&self, request: &MountRequest) -> Result<(), String> {
-        let target = self.resolve_target(&request.target)?;
-        let (flags, data) = self.check_options(&request.options)?;
-        let source = self.check_source(&request.source)?;
-        if request.bind {
+    fn authorize(&self, request: &MountRequest) -> Result<Plan, String> {
+        let (target, target_rule) = self.resolve_target(&request.target)?;
+        let (flags, data, options_rule) = self.check_options(&request.options)?;
+        let (source, source_rule) = self.check_source(&request.source)?;
+        let fs_type = if request.bind {
             if !Path::new(&source).is_dir() {
-                return Err(format!("bind source {source} is not a directory"));
+                return Err(format!("denied: bind source {source} is not a directory"));
             }
-            sys_mount(&source, &target, None, MsFlags::MS_BIND, "")?;
-            if !flags.is_empty() {
-                // Flags on a bind mount only take effect through a remount of the bind.
-                let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags;
-                if let Err(e) = sys_mount(&source, &target, None, remount, "") {
-                    let _ = nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW);
-                    return Err(e);
-                }
-            }
-            return Ok(());
-        }
-        if !self.fs_types.iter().any(|t| t == &request.fs_type) {
+            None
+        } else if self.fs_types.iter().any(|t| t == &request.fs_type) {
+            Some(request.fs_type.clone())
+        } else {
             return Err(format!(
                 "denied: file system type {:?} is not granted by the policy",
                 request.fs_type
             ));
-        }
-        sys_mount(&source, &target, Some(&request.fs_type), flags, &data)
+        };
+        let type_rule = fs_type
+            .as_ref()
+            .map(|t| format!("; mount.fs_types {t:?}"))
+            .unwrap_or_default();
+        let rule = format!("{target_rule}; {source_rule}{type_rule}; {options_rule}");
+        Ok(Plan {
+            source,
+            target,
+            fs_type,
+            flags,
+            data,
+            rule,
+        })
     }
 
-    fn unmount(&self, target: &str) -> Result<(), String> {
-        let target = self.resolve_target(target)?;
-        if !is_mountpoint(&target)? {
-            return Err(format!("{} is not a mount point", target.display()));
-        }
-        nix::mount::umount2(&target, MntFlags::UMOUNT_NOFOLLOW)
-            .map_err(|e| format!("unmount {}: {e}", target.display()))
+    /// Runs a privileged operation under the audit: denied, dry-run or performed.
+    fn audited(
+        &self,
+        operation: &str,
+        args: serde_json::Value,
+        authorized: Result<String, String>,
+        perform: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let (decision, result) = match &authorized {
+            Err(reason) => (Decision::Deny { reason }, Err(reason.clone())),
+            Ok(rule) if self.audit.dry_run => (Decision::WouldDo { rule }, Ok(())),
+            Ok(rule) => (Decision::Allow { rule }, perform()),
+        };
+        self.audit
+            .record(operation, args, decision, &result, started);
+        result
     }
+}
+
+fn perform_mount(plan: Plan) -> Result<(), String> {
+    if plan.fs_type.is_some() {
+        return sys_mount(
+            &plan.source,
+            &plan.target,
+            plan.fs_type.as_deref(),
+            plan.flags,
+            &plan.data,
+        );
+    }
+    sys_mount(&plan.source, &plan.target, None, MsFlags::MS_BIND, "")?;
+    if !plan.flags.is_empty() {
+        // Flags on a bind mount only take effect through a remount of the bind.
+        let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | plan.flags;
+        if let Err(e) = sys_mount(&plan.source, &plan.target, None, remount, "") {
+            let _ = nix::mount::umount2(&plan.target, MntFlags::UMOUNT_NOFOLLOW);
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 impl Host for Mounts {
     fn mount(&mut self, request: MountRequest) -> Result<(), String> {
-        Mounts::mount(self, &request)
+        let args = json!({
+            "source": request.source,
+            "target": request.target,
+            "fs_type": request.fs_type,
+            "options": request.options.iter().map(|o| redact_option(o)).collect::<Vec<_>>(),
+            "bind": request.bind,
+        });
+        let plan = self.authorize(&request);
+        let rule = plan.as_ref().map(|p| p.rule.clone()).map_err(Clone::clone);
+        self.audited("mount", args, rule, || {
+            perform_mount(plan.expect("allowed"))
+        })
     }
 
     fn unmount(&mut self, target: String) -> Result<(), String> {
-        Mounts::unmount(self, &target)
+        let resolved = self.resolve_target(&target);
+        let rule = resolved
+            .as_ref()
+            .map(|(_, rule)| rule.clone())
+            .map_err(Clone::clone);
+        self.audited("unmount", json!({ "target": target }), rule, || {
+            let (path, _) = resolved.expect("allowed");
+            if !is_mountpoint(&path)? {
+                return Err(format!("{} is not a mount point", path.display()));
+            }
+            nix::mount::umount2(&path, MntFlags::UMOUNT_NOFOLLOW)
+                .map_err(|e| format!("unmount {}: {e}", path.display()))
+        })
     }
 
+    /// Reads mount state only, so it is not audited; the target rule still applies.
     fn is_mountpoint(&mut self, path: String) -> Result<bool, String> {
-        let path = self.resolve_target(&path)?;
+        let (path, _) = self.resolve_target(&path)?;
         is_mountpoint(&path)
     }
 }
@@ -237,6 +327,10 @@ fn unescape_mountinfo(field: &str) -> String {
 mod tests {
     use super::*;
 
+    fn test_audit() -> Audit {
+        Audit::to(None, "test", "mount", false)
+    }
+
     fn grant() -> MountGrant {
         MountGrant {
             fs_types: vec!["tmpfs".into()],
@@ -269,7 +363,7 @@ mod tests {
         std::fs::create_dir_all(&call_dir).unwrap();
         std::fs::create_dir_all(&other).unwrap();
         std::os::unix::fs::symlink(&other, call_dir.join("link")).unwrap();
-        let mut mounts = Mounts::new(&grant(), &[call_dir.to_str().unwrap()]);
+        let mut mounts = Mounts::new(&grant(), &[call_dir.to_str().unwrap()], test_audit());
         for target in [
             other.clone(),
             call_dir.join("link"),
@@ -294,7 +388,7 @@ mod tests {
     fn ungranted_options_types_and_sources_are_denied() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path();
-        let mut mounts = Mounts::new(&grant(), &[target.to_str().unwrap()]);
+        let mut mounts = Mounts::new(&grant(), &[target.to_str().unwrap()], test_audit());
         let err = Host::mount(&mut mounts, request(target, &["nosuid", "exec"])).unwrap_err();
         assert!(err.contains("option \"exec\""), "{err}");
         let mut other_type = request(target, &[]);
@@ -323,7 +417,11 @@ mod tests {
     #[test]
     fn with_no_policy_nothing_may_be_mounted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut mounts = Mounts::new(&MountGrant::default(), &[dir.path().to_str().unwrap()]);
+        let mut mounts = Mounts::new(
+            &MountGrant::default(),
+            &[dir.path().to_str().unwrap()],
+            test_audit(),
+        );
         assert!(
             Host::mount(&mut mounts, request(dir.path(), &[]))
                 .unwrap_err()
@@ -336,5 +434,42 @@ mod tests {
         assert_eq!(unescape_mountinfo(r"/a\040b\134c\011"), "/a b\\c\t");
         assert_eq!(unescape_mountinfo(r"/plain\9"), r"/plain\9");
         assert!(is_mountpoint(Path::new("/proc")).unwrap());
+    }
+
+    #[test]
+    fn every_decision_is_audited_and_dry_run_mounts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("vol");
+        std::fs::create_dir(&target).unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let audit = Audit::to(Some(log.clone()), "acme~x", "mount", true);
+        let mut mounts = Mounts::new(&grant(), &[target.to_str().unwrap()], audit);
+        let mut secret = request(&target, &["nosuid"]);
+        secret.options.push("password=hunter2".into());
+        assert!(Host::mount(&mut mounts, secret).is_err());
+        assert_eq!(
+            Host::mount(&mut mounts, request(&target, &["nosuid", "size=1m"])),
+            Ok(())
+        );
+        assert!(
+            !is_mountpoint(&target.canonicalize().unwrap()).unwrap(),
+            "dry run must not mount"
+        );
+
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["decision"], "deny");
+        assert_eq!(lines[1]["decision"], "would-do");
+        assert_eq!(lines[1]["driver"], "acme~x");
+        let rule = lines[1]["rule"].as_str().unwrap();
+        assert!(
+            rule.contains("call's own directory") && rule.contains("mount.sources \"tmpfs\""),
+            "{rule}"
+        );
     }
 }
