@@ -29,6 +29,15 @@ fn main() {
     let args: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    // Operator commands, never sent by kubelet: plain text, not a FlexVolume reply.
+    if let [_, policy, check, file] = args.as_slice()
+        && policy == "policy"
+        && check == "check"
+    {
+        let (text, code) = policy::check_command(file);
+        let _ = std::io::stdout().write_all(text.as_bytes());
+        std::process::exit(code);
+    }
     let reply = handle(&args);
     reply_and_exit(&reply);
 }

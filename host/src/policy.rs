@@ -7,12 +7,12 @@
 //! message naming the file; it is never read as a partial grant.
 
 use crate::caps::mounts::MountGrant;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_POLICY_DIR: &str = "/etc/flex/policy";
 
-#[derive(Deserialize, Default, Debug)]
+#[derive(Deserialize, Serialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Mounting: which file systems, sources and options; targets beyond the call's own.
@@ -24,7 +24,7 @@ pub struct Policy {
 }
 
 /// Sandbox limits. kubelet has no timeout for most verbs, so a hung driver would wedge it.
-#[derive(Deserialize, Debug, Clone, Copy)]
+#[derive(Deserialize, Serialize, Debug, Clone, Copy)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub memory_mib: u64,
@@ -77,6 +77,26 @@ pub fn load(driver: &str) -> Result<Policy, String> {
         Ok(text) => parse(&text, &path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
         Err(e) => Err(format!("cannot read policy {}: {e}", path.display())),
+    }
+}
+
+/// `flex policy check FILE`: validates a policy and says what it grants.
+pub fn check_command(file: &str) -> (String, i32) {
+    let path = Path::new(file);
+    let policy = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read policy {file}: {e}"))
+        .and_then(|text| parse(&text, path));
+    match policy {
+        Err(e) => (format!("{e}\n"), 1),
+        Ok(policy) => {
+            let grants = serde_json::to_string_pretty(&policy).unwrap_or_default();
+            let mounts = if policy.mount.fs_types.is_empty() && policy.mount.sources.is_empty() {
+                "nothing may be mounted"
+            } else {
+                "mounts as listed, onto the call's own directory only (plus mount.targets)"
+            };
+            (format!("policy {file} is valid: {mounts}\n{grants}\n"), 0)
+        }
     }
 }
 

@@ -161,3 +161,26 @@ fn invalid_policy_fails_every_verb_naming_the_file() {
         );
     }
 }
+
+#[test]
+fn policy_check_validates_and_shows_grants() {
+    let node = Node::new();
+    let good = node.path("policy/good.toml");
+    std::fs::write(&good, shipped_policy("tmpfs")).unwrap();
+    let out = node.run(&flex_binary(), &["policy", "check", good.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains("is valid") && out.stdout.contains("\"size=[1-9]*\""),
+        "{}",
+        out.stdout
+    );
+    let bad = node.path("policy/bad.toml");
+    std::fs::write(&bad, "[mount]\nsources = [\"/dev/[\"]\n").unwrap();
+    let out = node.run(&flex_binary(), &["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("bad.toml") && out.stdout.contains("invalid pattern"),
+        "{}",
+        out.stdout
+    );
+}

@@ -9,13 +9,13 @@ use super::Patterns;
 use crate::audit::{Audit, Decision, redact_option};
 use crate::bindings::flex::volume::mounts::{Host, MountRequest};
 use nix::mount::{MntFlags, MsFlags};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The `[mount]` table of a policy.
-#[derive(Deserialize, Default, Debug)]
+#[derive(Deserialize, Serialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct MountGrant {
     /// File system types that may be mounted, exactly (`tmpfs`, `ext4`, `nfs`...).
