@@ -15,7 +15,7 @@ demo: build
 
 # Unit tests, then end-to-end tests through the real binary (needs root: real mounts).
 test: build
-	$(CARGO) test --release -p flex -p flex-tmpfs -p flex-tests
+	$(CARGO) test --release -p flex -p flex-tmpfs -p flex-tests --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all --check
