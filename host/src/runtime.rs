@@ -136,14 +136,13 @@ fn link(
     component: &Component,
     store: &mut Store<CallState>,
 ) -> wasmtime::Result<Linker<CallState>> {
-    let mut linker = Linker::<CallState>::new(engine);
+    let (mut linker, uncommon) = wasi_link::link_imported(engine, component)?;
     bindings::flex::volume::log::add_to_linker::<_, HasSelf<Logger>>(&mut linker, |s| {
         &mut s.logger
     })?;
     bindings::flex::volume::mounts::add_to_linker::<_, HasSelf<Mounts>>(&mut linker, |s| {
         &mut s.mounts
     })?;
-    let uncommon = wasi_link::link_imported(&mut linker, component, engine)?;
     if !uncommon.is_empty() {
         let note = format!(
             "component imports {}: linking all of WASI",

@@ -24,93 +24,68 @@ fn io_table(state: &mut CallState) -> &mut ResourceTable {
     state.ctx().table
 }
 
-/// Links the WASI interfaces `component` imports; returns the ones outside the common set.
+/// A linker holding the WASI interfaces `component` imports, and the imports outside the
+/// common set (if any, the linker holds all of WASI instead).
 pub fn link_imported(
-    linker: &mut Linker<CallState>,
-    component: &Component,
     engine: &Engine,
-) -> Result<Vec<String>> {
-    let component_type = component.component_type();
-    let imports: Vec<&str> = component_type
-        .imports(engine)
-        .map(|(name, _)| name)
-        .collect();
-    let uncommon: Vec<String> = imports
-        .iter()
-        .filter(|name| name.starts_with("wasi:") && !COMMON.contains(&interface(name)))
-        .map(|name| name.to_string())
-        .collect();
-    if !uncommon.is_empty() {
-        wasmtime_wasi::p2::add_to_linker_sync(linker)?;
-        return Ok(uncommon);
-    }
-    let l = linker;
-    for name in imports {
-        match interface(name) {
-            "wasi:io/error" => wasmtime_wasi_io_error(l)?,
-            "wasi:io/poll" => sync::io::poll::add_to_linker::<_, Io>(l, io_table)?,
-            "wasi:io/streams" => sync::io::streams::add_to_linker::<_, Io>(l, io_table)?,
-            "wasi:cli/environment" => {
-                cli::environment::add_to_linker::<_, WasiCli>(l, CallState::cli)?
-            }
-            "wasi:cli/exit" => cli::exit::add_to_linker::<_, WasiCli>(l, CallState::cli)?,
-            "wasi:cli/stdin" => cli::stdin::add_to_linker::<_, WasiCli>(l, CallState::cli)?,
-            "wasi:cli/stdout" => cli::stdout::add_to_linker::<_, WasiCli>(l, CallState::cli)?,
-            "wasi:cli/stderr" => cli::stderr::add_to_linker::<_, WasiCli>(l, CallState::cli)?,
-            "wasi:cli/terminal-input" => {
-                cli::terminal_input::add_to_linker::<_, WasiCli>(l, CallState::cli)?
-            }
-            "wasi:cli/terminal-output" => {
-                cli::terminal_output::add_to_linker::<_, WasiCli>(l, CallState::cli)?
-            }
-            "wasi:cli/terminal-stdin" => {
-                cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, CallState::cli)?
-            }
-            "wasi:cli/terminal-stdout" => {
-                cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, CallState::cli)?
-            }
-            "wasi:cli/terminal-stderr" => {
-                cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, CallState::cli)?
-            }
-            "wasi:clocks/wall-clock" => {
-                clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, CallState::clocks)?
-            }
-            "wasi:clocks/monotonic-clock" => {
-                clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, CallState::clocks)?
-            }
-            "wasi:random/random" => random::random::add_to_linker::<_, WasiRandom>(l, random_ctx)?,
-            "wasi:random/insecure" => {
-                random::insecure::add_to_linker::<_, WasiRandom>(l, random_ctx)?
-            }
-            "wasi:random/insecure-seed" => {
-                random::insecure_seed::add_to_linker::<_, WasiRandom>(l, random_ctx)?
-            }
-            _ => {} // flex's own interfaces, linked by the caller
+    component: &Component,
+) -> Result<(Linker<CallState>, Vec<String>)> {
+    let mut selective = Linker::new(engine);
+    let mut uncommon = Vec::new();
+    for (name, _) in component.component_type().imports(engine) {
+        let linked = link_common(&mut selective, interface(name)).transpose()?;
+        if linked.is_none() && name.starts_with("wasi:") {
+            uncommon.push(name.to_string());
         }
     }
-    Ok(Vec::new())
+    if uncommon.is_empty() {
+        return Ok((selective, uncommon));
+    }
+    let mut everything = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut everything)?;
+    Ok((everything, uncommon))
 }
 
-const COMMON: [&str; 18] = [
-    "wasi:io/error",
-    "wasi:io/poll",
-    "wasi:io/streams",
-    "wasi:cli/environment",
-    "wasi:cli/exit",
-    "wasi:cli/stdin",
-    "wasi:cli/stdout",
-    "wasi:cli/stderr",
-    "wasi:cli/terminal-input",
-    "wasi:cli/terminal-output",
-    "wasi:cli/terminal-stdin",
-    "wasi:cli/terminal-stdout",
-    "wasi:cli/terminal-stderr",
-    "wasi:clocks/wall-clock",
-    "wasi:clocks/monotonic-clock",
-    "wasi:random/random",
-    "wasi:random/insecure",
-    "wasi:random/insecure-seed",
-];
+/// Links one interface of the common set; `None` for any other interface.
+fn link_common(l: &mut Linker<CallState>, interface: &str) -> Option<Result<()>> {
+    Some(match interface {
+        "wasi:io/error" => wasmtime_wasi_io_error(l),
+        "wasi:io/poll" => sync::io::poll::add_to_linker::<_, Io>(l, io_table),
+        "wasi:io/streams" => sync::io::streams::add_to_linker::<_, Io>(l, io_table),
+        "wasi:cli/environment" => cli::environment::add_to_linker::<_, WasiCli>(l, CallState::cli),
+        "wasi:cli/exit" => cli::exit::add_to_linker::<_, WasiCli>(l, CallState::cli),
+        "wasi:cli/stdin" => cli::stdin::add_to_linker::<_, WasiCli>(l, CallState::cli),
+        "wasi:cli/stdout" => cli::stdout::add_to_linker::<_, WasiCli>(l, CallState::cli),
+        "wasi:cli/stderr" => cli::stderr::add_to_linker::<_, WasiCli>(l, CallState::cli),
+        "wasi:cli/terminal-input" => {
+            cli::terminal_input::add_to_linker::<_, WasiCli>(l, CallState::cli)
+        }
+        "wasi:cli/terminal-output" => {
+            cli::terminal_output::add_to_linker::<_, WasiCli>(l, CallState::cli)
+        }
+        "wasi:cli/terminal-stdin" => {
+            cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, CallState::cli)
+        }
+        "wasi:cli/terminal-stdout" => {
+            cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, CallState::cli)
+        }
+        "wasi:cli/terminal-stderr" => {
+            cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, CallState::cli)
+        }
+        "wasi:clocks/wall-clock" => {
+            clocks::wall_clock::add_to_linker::<_, WasiClocks>(l, CallState::clocks)
+        }
+        "wasi:clocks/monotonic-clock" => {
+            clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(l, CallState::clocks)
+        }
+        "wasi:random/random" => random::random::add_to_linker::<_, WasiRandom>(l, random_ctx),
+        "wasi:random/insecure" => random::insecure::add_to_linker::<_, WasiRandom>(l, random_ctx),
+        "wasi:random/insecure-seed" => {
+            random::insecure_seed::add_to_linker::<_, WasiRandom>(l, random_ctx)
+        }
+        _ => return None,
+    })
+}
 
 /// `wasi:cli/stdout@0.2.6` → `wasi:cli/stdout` (the linker matches versions semver-wise).
 fn interface(import: &str) -> &str {
