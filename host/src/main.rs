@@ -8,6 +8,7 @@ mod artifact;
 mod audit;
 mod bindings;
 mod caps;
+mod install;
 mod locate;
 mod logfile;
 mod options;
@@ -30,11 +31,17 @@ fn main() {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     // Operator commands, never sent by kubelet: plain text, not a FlexVolume reply.
-    if let [_, policy, check, file] = args.as_slice()
-        && policy == "policy"
-        && check == "check"
-    {
-        let (text, code) = policy::check_command(file);
+    let operator = match args.get(1..).unwrap_or_default() {
+        [policy, check, file] if policy == "policy" && check == "check" => {
+            Some(policy::check_command(file))
+        }
+        [command, rest @ ..] if command == "install" => Some(text_and_code(install::install(rest))),
+        [command, rest @ ..] if command == "uninstall" => {
+            Some(text_and_code(install::uninstall(rest)))
+        }
+        _ => None,
+    };
+    if let Some((text, code)) = operator {
         let _ = std::io::stdout().write_all(text.as_bytes());
         std::process::exit(code);
     }
@@ -72,6 +79,13 @@ fn handle(args: &[String]) -> Reply {
         &format!("reply {}", reply.to_line().trim_end()),
     );
     reply
+}
+
+fn text_and_code(result: Result<String, String>) -> (String, i32) {
+    match result {
+        Ok(text) => (text, 0),
+        Err(e) => (format!("{e}\n"), 1),
+    }
 }
 
 #[derive(Default)]
