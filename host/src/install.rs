@@ -10,7 +10,7 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub const USAGE: &str = "usage: flex install --plugin-dir DIR <vendor~driver> COMPONENT [--policy FILE]\n       flex uninstall --plugin-dir DIR <vendor~driver>";
+pub const USAGE: &str = "usage: flex install --plugin-dir DIR <vendor~driver> COMPONENT [--policy FILE]\n       flex uninstall --plugin-dir DIR <vendor~driver>\n       flex list --plugin-dir DIR";
 
 /// `install` arguments after the subcommand; returns what was done.
 pub fn install(args: &[String]) -> Result<String, String> {
@@ -45,6 +45,40 @@ pub fn uninstall(args: &[String]) -> Result<String, String> {
         "uninstalled {name}; its policy stays in {}\n",
         policy::policy_path(name).display()
     ))
+}
+
+/// One line per installed flex driver: name, sha256 of its component, its policy file.
+pub fn list(args: &[String]) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let (plugin_dir, _, _) = parse_args(args)?;
+    let entries =
+        fs::read_dir(&plugin_dir).map_err(|e| format!("{}: {e}", plugin_dir.display()))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut out = String::new();
+    for name in names {
+        let Ok(driver) = driver_of(&name) else {
+            continue;
+        };
+        let Ok(component) = fs::read(plugin_dir.join(&name).join(format!("{driver}.wasm"))) else {
+            continue; // not a flex driver
+        };
+        let digest: String = Sha256::digest(&component)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let policy = policy::policy_path(&name);
+        let policy = match policy.exists() {
+            true => policy.display().to_string(),
+            false => format!("{} (absent: nothing granted)", policy.display()),
+        };
+        out.push_str(&format!("{name}\tsha256:{digest}\t{policy}\n"));
+    }
+    Ok(out)
 }
 
 fn parse_args(args: &[String]) -> Result<(PathBuf, Vec<String>, Option<String>), String> {

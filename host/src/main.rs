@@ -36,6 +36,7 @@ fn main() {
             Some(policy::check_command(file))
         }
         [command, rest @ ..] if command == "install" => Some(text_and_code(install::install(rest))),
+        [command, rest @ ..] if command == "list" => Some(text_and_code(install::list(rest))),
         [command, rest @ ..] if command == "uninstall" => {
             Some(text_and_code(install::uninstall(rest)))
         }

@@ -26,7 +26,7 @@ pub fn flex_binary() -> PathBuf {
         "{} is missing: build with `make build` first",
         path.display()
     );
-    path
+    path.canonicalize().expect("flex binary path")
 }
 
 /// A built guest component, e.g. `guest("flex_tmpfs")`.
@@ -142,7 +142,9 @@ impl Node {
         let dir = self.path("plugins").join(vendor_driver);
         std::fs::create_dir_all(&dir).unwrap();
         let executable = dir.join(driver);
-        std::fs::copy(flex_binary(), &executable).unwrap();
+        // A symlink, one of the two supported layouts. A copy written while another test
+        // thread forks would fail exec with ETXTBSY (the child inherits the open file).
+        std::os::unix::fs::symlink(flex_binary(), &executable).unwrap();
         std::fs::copy(component, dir.join(format!("{driver}.wasm"))).unwrap();
         executable
     }
