@@ -154,10 +154,11 @@ fn swap_in(staging: &Path, installed: &Path) -> Result<(), String> {
         installed,
         RenameFlags::RENAME_EXCHANGE,
     );
-    match exchanged {
+    let result = match exchanged {
         Ok(()) => Ok(()),
+        // Nothing installed yet: a plain rename.
         Err(nix::errno::Errno::ENOENT) => fs::rename(staging, installed).map_err(|e| e.to_string()),
-        Err(e) => Err(format!("swap in {}: {e}", installed.display())),
-    }
-    .map_err(|e| format!("install {}: {e}", installed.display()))
+        Err(e) => Err(e.to_string()),
+    };
+    result.map_err(|e| format!("install {}: {e}", installed.display()))
 }

@@ -49,7 +49,7 @@ pub fn link_imported(
 /// Links one interface of the common set; `None` for any other interface.
 fn link_common(l: &mut Linker<CallState>, interface: &str) -> Option<Result<()>> {
     Some(match interface {
-        "wasi:io/error" => wasmtime_wasi_io_error(l),
+        "wasi:io/error" => sync::io::error::add_to_linker::<_, Io>(l, io_table),
         "wasi:io/poll" => sync::io::poll::add_to_linker::<_, Io>(l, io_table),
         "wasi:io/streams" => sync::io::streams::add_to_linker::<_, Io>(l, io_table),
         "wasi:cli/environment" => cli::environment::add_to_linker::<_, WasiCli>(l, CallState::cli),
@@ -94,8 +94,4 @@ fn interface(import: &str) -> &str {
 
 fn random_ctx(state: &mut CallState) -> &mut wasmtime_wasi::random::WasiRandomCtx {
     state.ctx().ctx.random()
-}
-
-fn wasmtime_wasi_io_error(l: &mut Linker<CallState>) -> Result<()> {
-    sync::io::error::add_to_linker::<_, Io>(l, io_table)
 }
