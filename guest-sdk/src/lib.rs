@@ -3,7 +3,8 @@
 //! A driver is a type implementing [`Driver`]. Every verb defaults to `Not supported`, except
 //! [`Driver::init`], which must report the driver's capabilities. Privileged work (mounting and
 //! so on) goes through the host, which checks it against the node's policy, in the modules
-//! [`mounts`] and [`log`]. A driver never prints: kubelet reads stdout and stderr together as
+//! [`mounts`], [`block`], [`exec`], [`config`] and [`log`]; HTTP goes through `wasi:http`
+//! (for example with the `wstd` crate) and files through `std::fs` under `/state`. A driver never prints: kubelet reads stdout and stderr together as
 //! the reply, so diagnostics go through [`log`].
 //!
 //! ```ignore
@@ -270,11 +271,98 @@ pub mod mounts {
         }
     }
 
+    /// Changes the flags of a mount the call may target (`ro`, `nosuid`...).
+    pub fn remount(target: &str, options: &[&str]) -> Result<()> {
+        let options: Vec<String> = options.iter().map(|o| o.to_string()).collect();
+        host::remount(target, &options).map_err(failure)
+    }
+
     pub fn unmount(target: &str) -> Result<()> {
         host::unmount(target).map_err(failure)
     }
 
     pub fn is_mountpoint(path: &str) -> Result<bool> {
         host::is_mountpoint(path).map_err(failure)
+    }
+}
+
+/// Block devices and loop-backed images, as the policy's `[block]` allows.
+pub mod block {
+    use crate::bindings::flex::volume::block as host;
+    use crate::{Result, failure};
+
+    /// The file system on a device (`ext4`, `xfs`...); `None` when the device is blank.
+    pub fn probe_fs(device: &str) -> Result<Option<String>> {
+        host::probe_fs(device).map_err(failure)
+    }
+    /// Formats a blank device; the host refuses any device that carries a signature.
+    pub fn mkfs(device: &str, fs_type: &str) -> Result<()> {
+        host::mkfs(device, fs_type).map_err(failure)
+    }
+    /// Grows the file system on `device`, mounted at `mount_path`, to fill the device.
+    pub fn resize_fs(device: &str, mount_path: &str) -> Result<()> {
+        host::resize_fs(device, mount_path).map_err(failure)
+    }
+    pub fn device_size(device: &str) -> Result<u64> {
+        host::device_size(device).map_err(failure)
+    }
+    /// Waits up to `timeout_ms` for `device` to appear; false if it did not.
+    pub fn wait_for_device(device: &str, timeout_ms: u32) -> Result<bool> {
+        host::wait_for_device(device, timeout_ms).map_err(failure)
+    }
+    /// Creates a sparse image (an existing one is kept); returns its actual size.
+    pub fn create_image(name: &str, size: u64) -> Result<u64> {
+        host::create_image(name, size).map_err(failure)
+    }
+    pub fn image_size(name: &str) -> Result<Option<u64>> {
+        host::image_size(name).map_err(failure)
+    }
+    /// Grows an image and its loop device; never shrinks.
+    pub fn grow_image(name: &str, size: u64) -> Result<()> {
+        host::grow_image(name, size).map_err(failure)
+    }
+    /// Deletes a detached image; a missing one is success.
+    pub fn delete_image(name: &str) -> Result<()> {
+        host::delete_image(name).map_err(failure)
+    }
+    /// Attaches an image to a loop device (the same one if already attached).
+    pub fn attach_image(name: &str) -> Result<String> {
+        host::attach_image(name).map_err(failure)
+    }
+    pub fn image_device(name: &str) -> Result<Option<String>> {
+        host::image_device(name).map_err(failure)
+    }
+    /// Detaches an image; one that is not attached is success.
+    pub fn detach_image(name: &str) -> Result<()> {
+        host::detach_image(name).map_err(failure)
+    }
+}
+
+/// Host programs the policy's `[exec]` lists, run without a shell.
+pub mod exec {
+    pub use crate::bindings::flex::volume::exec::Output;
+    use crate::bindings::flex::volume::exec as host;
+    use crate::{Result, failure};
+
+    /// Runs `program` with `args` and exactly `env` as its environment.
+    pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        host::run(program, &args, &env).map_err(failure)
+    }
+}
+
+/// Non-secret settings from the policy's `[config]` table.
+pub mod config {
+    use crate::bindings::flex::volume::config as host;
+
+    pub fn get(key: &str) -> Option<String> {
+        host::get(key)
+    }
+    pub fn get_all() -> Vec<(String, String)> {
+        host::get_all()
     }
 }

@@ -90,6 +90,29 @@ impl Audit {
     }
 }
 
+impl Audit {
+    /// Runs a privileged operation under the audit: denied, dry-run (not performed) or
+    /// performed, and one line recording which. `authorized` is the rule that allows it or the
+    /// reason it is denied; `perform` only runs when it is allowed and this is no dry run.
+    pub fn run<T: Default>(
+        &self,
+        operation: &str,
+        args: Value,
+        authorized: Result<String, String>,
+        perform: impl FnOnce() -> Result<T, String>,
+    ) -> Result<T, String> {
+        let started = Instant::now();
+        let (decision, result) = match &authorized {
+            Err(reason) => (Decision::Deny { reason }, Err(reason.clone())),
+            Ok(rule) if self.dry_run => (Decision::WouldDo { rule }, Ok(T::default())),
+            Ok(rule) => (Decision::Allow { rule }, perform()),
+        };
+        let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        self.record(operation, args, decision, &outcome, started);
+        result
+    }
+}
+
 /// `password=hunter2` → `password=<redacted>` for keys that look like credentials.
 pub fn redact_option(option: &str) -> String {
     const SECRET_KEYS: [&str; 6] = ["pass", "secret", "token", "key", "cred", "auth"];

@@ -6,8 +6,13 @@
 //! refused. An invalid file (unknown key, wrong type, bad pattern) fails every verb with a
 //! message naming the file; it is never read as a partial grant.
 
+use crate::caps::block::BlockGrant;
+use crate::caps::exec::ExecGrant;
+use crate::caps::http::HttpGrant;
 use crate::caps::mounts::MountGrant;
+use crate::caps::state::StateGrant;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_POLICY_DIR: &str = "/etc/flex/policy";
@@ -15,9 +20,27 @@ pub const DEFAULT_POLICY_DIR: &str = "/etc/flex/policy";
 #[derive(Deserialize, Serialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// `sha256:<hex>` of the component: any other component is refused.
+    #[serde(default)]
+    pub digest: Option<String>,
     /// Mounting: which file systems, sources and options; targets beyond the call's own.
     #[serde(default)]
     pub mount: MountGrant,
+    /// Block devices: probe, mkfs, resize; loop-backed images.
+    #[serde(default)]
+    pub block: BlockGrant,
+    /// Outgoing HTTP destinations.
+    #[serde(default)]
+    pub http: HttpGrant,
+    /// Host programs, by absolute path.
+    #[serde(default)]
+    pub exec: ExecGrant,
+    /// A private read-write directory; none without the table.
+    #[serde(default)]
+    pub state: Option<StateGrant>,
+    /// Non-secret settings handed to the driver.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
     /// Memory and time for one call.
     #[serde(default)]
     pub limits: Limits,
@@ -104,8 +127,24 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, String> {
     let invalid = |e: &dyn std::fmt::Display| format!("invalid policy {}: {e}", path.display());
     let policy: Policy = toml::from_str(text).map_err(|e| invalid(&e))?;
     policy.mount.validate().map_err(|e| invalid(&e))?;
+    policy.block.validate().map_err(|e| invalid(&e))?;
+    policy.http.validate().map_err(|e| invalid(&e))?;
+    policy.exec.validate().map_err(|e| invalid(&e))?;
+    if let Some(state) = &policy.state {
+        state.validate().map_err(|e| invalid(&e))?;
+    }
+    if let Some(digest) = &policy.digest {
+        validate_digest(digest).map_err(|e| invalid(&e))?;
+    }
     policy.limits.validate().map_err(|e| invalid(&e))?;
     Ok(policy)
+}
+
+fn validate_digest(digest: &str) -> Result<(), String> {
+    match digest.strip_prefix("sha256:") {
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        _ => Err(format!("digest must be sha256:<64 hex digits>, not {digest:?}")),
+    }
 }
 
 #[cfg(test)]

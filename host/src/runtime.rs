@@ -4,17 +4,23 @@
 use crate::artifact::{self, Source};
 use crate::audit::Audit;
 use crate::bindings::{self, DriverError};
+use crate::caps::block::Block;
+use crate::caps::config::Config as DriverConfig;
+use crate::caps::exec::Exec;
+use crate::caps::http::Http;
 use crate::caps::mounts::Mounts;
+use crate::caps::state;
 use crate::locate::Plugin;
 use crate::logfile::Logger;
 use crate::policy::Policy;
 use crate::protocol::{Call, Reply};
 use crate::wasi_link;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// What a driver may print to stdout/stderr before further output is refused. The output only
 /// goes to the log; kubelet never sees it.
@@ -28,6 +34,21 @@ pub struct CallState {
     limits: StoreLimits,
     pub logger: Logger,
     mounts: Mounts,
+    block: Block,
+    exec: Exec,
+    config: DriverConfig,
+    http_ctx: WasiHttpCtx,
+    http: Http,
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for CallState {
@@ -73,11 +94,24 @@ pub fn run(
 
     let stdout = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
     let stderr = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
-    let wasi = WasiCtx::builder()
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .build();
+    let mut wasi = WasiCtx::builder();
+    wasi.stdout(stdout.clone()).stderr(stderr.clone());
+    if let Some(grant) = &policy.state {
+        let preopened = grant.directory(&plugin.name).and_then(|dir| {
+            wasi.preopened_dir(&dir, state::GUEST_PATH, FsPerms::ReadWrite)
+                .map_err(|e| format!("cannot open state directory {}: {e}", dir.display()))
+        });
+        if let Err(e) = preopened {
+            return (Reply::failure(e), logger);
+        }
+    }
+    let wasi = wasi.build();
     let audit = Audit::new(&plugin.name, verb, dry_run);
+    let deadline = Duration::from_secs(match verb {
+        "waitforattach" => policy.limits.wait_for_attach_deadline_seconds,
+        _ => policy.limits.deadline_seconds,
+    });
+    let deadline_at = Instant::now() + deadline;
     let state = CallState {
         wasi,
         table: ResourceTable::new(),
@@ -85,15 +119,16 @@ pub fn run(
             .memory_size((policy.limits.memory_mib << 20) as usize)
             .build(),
         logger,
-        mounts: Mounts::new(&policy.mount, &call_targets(&call), audit),
+        mounts: Mounts::new(&policy.mount, &call_targets(&call), audit.clone()),
+        block: Block::new(&policy.block, audit.clone()),
+        exec: Exec::new(&policy.exec, audit.clone()),
+        config: DriverConfig(policy.config.clone()),
+        http_ctx: WasiHttpCtx::new(),
+        http: Http::new(&policy.http, deadline_at, audit),
     };
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
-    let deadline = Duration::from_secs(match verb {
-        "waitforattach" => policy.limits.wait_for_attach_deadline_seconds,
-        _ => policy.limits.deadline_seconds,
-    });
     let timer_engine = engine.clone();
     std::thread::spawn(move || {
         std::thread::sleep(deadline);
@@ -140,9 +175,11 @@ fn link(
     bindings::flex::volume::log::add_to_linker::<_, HasSelf<Logger>>(&mut linker, |s| {
         &mut s.logger
     })?;
-    bindings::flex::volume::mounts::add_to_linker::<_, HasSelf<Mounts>>(&mut linker, |s| {
-        &mut s.mounts
-    })?;
+    use bindings::flex::volume as flex;
+    flex::mounts::add_to_linker::<_, HasSelf<Mounts>>(&mut linker, |s| &mut s.mounts)?;
+    flex::block::add_to_linker::<_, HasSelf<Block>>(&mut linker, |s| &mut s.block)?;
+    flex::exec::add_to_linker::<_, HasSelf<Exec>>(&mut linker, |s| &mut s.exec)?;
+    flex::config::add_to_linker::<_, HasSelf<DriverConfig>>(&mut linker, |s| &mut s.config)?;
     if !uncommon.is_empty() {
         let note = format!(
             "component imports {}: linking all of WASI",

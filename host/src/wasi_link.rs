@@ -2,7 +2,8 @@
 //! largest in-process cost of a call. The common ones (captured stdio, an empty environment,
 //! exit, clocks, random and the I/O streams they need) are linked one by one. A component that
 //! imports anything else gets all of WASI as configured for drivers, which grants nothing
-//! more: no preopened directories, socket creation and name lookup denied.
+//! more: no preopened directories (but the policy's state directory), socket creation and
+//! name lookup denied, and `wasi:http` requests checked in the policy's send hook.
 
 use crate::runtime::CallState;
 use wasmtime::component::{Component, HasData, Linker, ResourceTable};
@@ -43,6 +44,10 @@ pub fn link_imported(
     }
     let mut everything = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut everything)?;
+    // Requests are checked against the policy in the send hook (`caps::http`).
+    if uncommon.iter().any(|name| name.starts_with("wasi:http/")) {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut everything)?;
+    }
     Ok((everything, uncommon))
 }
 

@@ -1,7 +1,12 @@
 //! Host imports, one module per capability, each with its policy check beside it.
 
+pub mod block;
+pub mod config;
+pub mod exec;
+pub mod http;
 pub mod log;
 pub mod mounts;
+pub mod state;
 
 /// Glob patterns from a policy, compiled once per call. `*` never crosses a `/`.
 #[derive(Debug, Default)]

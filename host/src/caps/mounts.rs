@@ -6,13 +6,12 @@
 //! the resolved path is the one used, so a symlink inside the directory cannot lead out of it.
 
 use super::Patterns;
-use crate::audit::{Audit, Decision, redact_option};
+use crate::audit::{Audit, redact_option};
 use crate::bindings::flex::volume::mounts::{Host, MountRequest};
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// The `[mount]` table of a policy.
 #[derive(Deserialize, Serialize, Default, Debug)]
@@ -178,25 +177,6 @@ impl Mounts {
             rule,
         })
     }
-
-    /// Runs a privileged operation under the audit: denied, dry-run or performed.
-    fn audited(
-        &self,
-        operation: &str,
-        args: serde_json::Value,
-        authorized: Result<String, String>,
-        perform: impl FnOnce() -> Result<(), String>,
-    ) -> Result<(), String> {
-        let started = Instant::now();
-        let (decision, result) = match &authorized {
-            Err(reason) => (Decision::Deny { reason }, Err(reason.clone())),
-            Ok(rule) if self.audit.dry_run => (Decision::WouldDo { rule }, Ok(())),
-            Ok(rule) => (Decision::Allow { rule }, perform()),
-        };
-        self.audit
-            .record(operation, args, decision, &result, started);
-        result
-    }
 }
 
 fn perform_mount(plan: Plan) -> Result<(), String> {
@@ -232,8 +212,33 @@ impl Host for Mounts {
         });
         let plan = self.authorize(&request);
         let rule = plan.as_ref().map(|p| p.rule.clone()).map_err(Clone::clone);
-        self.audited("mount", args, rule, || {
+        self.audit.run("mount", args, rule, || {
             perform_mount(plan.expect("allowed"))
+        })
+    }
+
+    fn remount(&mut self, target: String, options: Vec<String>) -> Result<(), String> {
+        let args = json!({
+            "target": target,
+            "options": options.iter().map(|o| redact_option(o)).collect::<Vec<_>>(),
+        });
+        let plan = self.resolve_target(&target).and_then(|(path, target_rule)| {
+            let (flags, data, options_rule) = self.check_options(&options)?;
+            Ok((path, flags, data, format!("{target_rule}; {options_rule}")))
+        });
+        let rule = plan.as_ref().map(|p| p.3.clone()).map_err(Clone::clone);
+        self.audit.run("remount", args, rule, || {
+            let (path, flags, data, _) = plan.expect("allowed");
+            if !is_mountpoint(&path)? {
+                return Err(format!("{} is not a mount point", path.display()));
+            }
+            // Without file system data only the mount point's own flags change (this also
+            // works on bind mounts); with data the file system itself is reconfigured.
+            let flags = match data.is_empty() {
+                true => MsFlags::MS_REMOUNT | MsFlags::MS_BIND | flags,
+                false => MsFlags::MS_REMOUNT | flags,
+            };
+            sys_mount("none", &path, None, flags, &data)
         })
     }
 
@@ -243,7 +248,7 @@ impl Host for Mounts {
             .as_ref()
             .map(|(_, rule)| rule.clone())
             .map_err(Clone::clone);
-        self.audited("unmount", json!({ "target": target }), rule, || {
+        self.audit.run("unmount", json!({ "target": target }), rule, || {
             let (path, _) = resolved.expect("allowed");
             if !is_mountpoint(&path)? {
                 return Err(format!("{} is not a mount point", path.display()));
