@@ -1,7 +1,7 @@
 # flex: build, demo and test. Everything needs the wasm32-wasip2 target:
 #   rustup target add wasm32-wasip2
 CARGO ?= cargo
-GUESTS := -p flex-tmpfs -p flex-hostile
+GUESTS := -p flex-tmpfs -p flex-hostile -p flex-loop
 
 .PHONY: build demo test lint bench
 

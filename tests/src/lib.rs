@@ -278,3 +278,77 @@ pub fn mount_json(
     }
     serde_json::to_string(&map).unwrap()
 }
+
+/// Loop devices whose backing file lies under `dir`, as (device, backing file), from
+/// /sys/block/loop*/loop/backing_file (a deleted backing file keeps its path, minus the
+/// ` (deleted)` suffix, so it still counts).
+pub fn loop_devices_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(PathBuf, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let text = text.trim_end_matches('\n');
+            let backing = PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(text));
+            backing
+                .starts_with(&dir)
+                .then(|| (Path::new("/dev").join(e.file_name()), backing))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Detaches every loop device backed by a file under `dir` (test cleanup; errors ignored).
+pub fn detach_loop_devices_under(dir: &Path) {
+    for (device, _) in loop_devices_under(dir) {
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(&device)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Node {
+    /// The command `run` executes, to spawn it instead (e.g. to kill it mid-call).
+    pub fn command(&self, executable: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(executable);
+        command
+            .args(args)
+            .env("FLEX_POLICY_DIR", self.path("policy"))
+            .env("FLEX_LOG_DIR", self.path("log"))
+            .env_remove("FLEX_COMPONENT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+
+    /// The audit trail (`FLEX_LOG_DIR/audit.jsonl`), one value per line.
+    pub fn audit(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.path("log/audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+/// The base options JSON kubelet sends to attach, mountdevice... (protocol notes §5): fsType,
+/// the PV name, `rw`, then the volume's own options; compact, keys sorted.
+pub fn base_json(pv: &str, fs_type: &str, extra: &[(&str, &str)]) -> String {
+    let mut map = serde_json::Map::new();
+    map.insert("kubernetes.io/fsType".into(), json!(fs_type));
+    map.insert("kubernetes.io/pvOrVolumeName".into(), json!(pv));
+    map.insert("kubernetes.io/readwrite".into(), json!("rw"));
+    for (k, v) in extra {
+        map.insert((*k).into(), json!(v));
+    }
+    serde_json::to_string(&map).unwrap()
+}

@@ -610,6 +610,19 @@ fn perform_delete(dir: &Path, name: &str) -> Result<(), String> {
     std::fs::remove_file(&path).map_err(|e| format!("delete {}: {e}", path.display()))
 }
 
+/// Whether this process has CAP_SYS_RESOURCE (online ext4 resize needs it; some
+/// containers and VMs drop it even for root).
+fn has_cap_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
 /// Device size from sysfs (512-byte sectors), which needs no open of the device.
 fn sysfs_size(device: &Device) -> Result<u64, String> {
     let path = format!("/sys/dev/block/{}/size", device.major_minor());
@@ -680,7 +693,13 @@ impl Host for Block {
             lock.expect("locked when performed")?;
             let found = signatures(&device.path)?;
             match signature_type(&found).as_deref() {
-                Some("ext4") => tool_ok("resize2fs", &[device.path.as_os_str()], None),
+                Some("ext4") => tool_ok("resize2fs", &[device.path.as_os_str()], None)
+                    .map_err(|e| match has_cap_sys_resource() {
+                        false => format!(
+                            "{e} (growing a mounted ext4 needs CAP_SYS_RESOURCE, which flex does not have)"
+                        ),
+                        true => e,
+                    }),
                 Some("xfs") => tool_ok("xfs_growfs", &[mount.as_os_str()], None),
                 other => Err(format!(
                     "cannot grow {}: file system {other:?} is not ext4 or xfs",

@@ -1,0 +1,581 @@
+//! The loop driver through the real `flex` binary, in kubelet's order and argv, on real loop
+//! devices with real mkfs. Each test tears down what it made even when it fails (the loop
+//! devices are the machine's): [`LoopNode`] unmounts everything under its node directory and
+//! detaches every loop device backed by its images on drop.
+
+use flex_tests::*;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const NODE: &str = "node-1";
+
+struct LoopNode {
+    node: Node,
+    driver: PathBuf,
+}
+
+impl LoopNode {
+    fn new() -> LoopNode {
+        require_root();
+        let node = Node::new();
+        let driver = node.install("flex~loop", &guest("flex_loop"));
+        let images = node.path("images");
+        let policy = shipped_policy("loop")
+            .replace("/var/lib/flex/images/flex~loop", images.to_str().unwrap());
+        assert!(policy.contains(images.to_str().unwrap()));
+        node.set_policy("flex~loop", &policy);
+        LoopNode { node, driver }
+    }
+
+    fn images(&self) -> PathBuf {
+        self.node.path("images")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.node.run(&self.driver, args)
+    }
+
+    /// kubelet's device mount path for a PV, created as kubelet does before `mountdevice`.
+    fn device_mount_path(&self, pv: &str) -> PathBuf {
+        let path = self
+            .node
+            .path("kubelet/plugins/kubernetes.io/flexvolume/flex/loop/mounts")
+            .join(pv);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    /// A pod's volume directory, created as kubelet does before `mount`.
+    fn pod_dir(&self, pod: &str, volume: &str) -> PathBuf {
+        let path = self
+            .node
+            .path("kubelet/pods")
+            .join(pod)
+            .join("volumes/flex~loop")
+            .join(volume);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    fn provision(&self, pv: &str, bytes: u64) {
+        let json = json!({"kubernetes.io/pvOrVolumeName": pv, "requestBytes": bytes.to_string(),
+                          "requestGiB": bytes.div_ceil(1 << 30).to_string()});
+        self.run(&["provision", &json.to_string()]).success();
+    }
+
+    fn delete(&self, pv: &str) {
+        let json = json!({"kubernetes.io/pvOrVolumeName": pv});
+        self.run(&["delete", &json.to_string()]).success();
+    }
+
+    fn attach(&self, pv: &str, fs: &str) -> String {
+        let reply = self
+            .run(&["attach", &base_json(pv, fs, &[]), NODE])
+            .success();
+        reply["device"].as_str().unwrap().to_string()
+    }
+
+    fn mount_device(&self, pv: &str, device: &str, fs: &str) -> Output {
+        let path = self.device_mount_path(pv);
+        self.run(&[
+            "mountdevice",
+            path.to_str().unwrap(),
+            device,
+            &base_json(pv, fs, &[]),
+        ])
+    }
+
+    fn unmount_device(&self, pv: &str) {
+        let path = self.device_mount_path(pv);
+        self.run(&["unmountdevice", path.to_str().unwrap()])
+            .success();
+        assert!(mounts_at(&path).is_empty());
+    }
+
+    /// Formats done through the policy (audited and performed), for one device or all.
+    fn mkfs_count(&self) -> usize {
+        self.node
+            .audit()
+            .iter()
+            .filter(|l| l["operation"] == "mkfs" && l["decision"] == "allow")
+            .count()
+    }
+
+    /// Nothing of this node left: no mount under it, no loop device on its images.
+    fn assert_nothing_leaks(&self) {
+        let left = mounts_under(&self.node.path(""));
+        assert!(left.is_empty(), "mounts left: {left:?}");
+        let loops = loop_devices_under(&self.images());
+        assert!(loops.is_empty(), "loop devices left: {loops:?}");
+    }
+}
+
+impl Drop for LoopNode {
+    fn drop(&mut self) {
+        let mut leftovers: Vec<_> = mounts_under(&self.node.path(""))
+            .into_iter()
+            .map(|m| m.path)
+            .collect();
+        leftovers.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+        for path in leftovers {
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        }
+        detach_loop_devices_under(&self.images());
+    }
+}
+
+/// kubelet's part when `mount` answers Not supported: bind-mount the device mount path onto
+/// the pod directory (protocol notes §4.9), and on `unmount` Not supported, unmount it.
+fn kubelet_bind(from: &Path, to: &Path) {
+    nix::mount::mount(
+        Some(from),
+        to,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+fn kubelet_unbind(dir: &Path) {
+    nix::mount::umount(dir).unwrap();
+}
+
+fn fs_bytes(path: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).unwrap();
+    stat.blocks() * stat.fragment_size()
+}
+
+/// Wall time of each verb, and the time its privileged operations took (from the audit log).
+#[derive(Default)]
+struct Timings(Vec<(String, Duration, u64, Vec<String>)>);
+
+impl Timings {
+    fn run(&mut self, loop_node: &LoopNode, args: &[&str]) -> Output {
+        let before = loop_node.node.audit().len();
+        let started = Instant::now();
+        let output = loop_node.run(args);
+        let wall = started.elapsed();
+        let lines = loop_node.node.audit();
+        let ops = &lines[before.min(lines.len())..];
+        let op_us = ops.iter().filter_map(|l| l["duration_us"].as_u64()).sum();
+        let names = ops
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {:.1}ms",
+                    l["operation"].as_str().unwrap_or("?"),
+                    l["duration_us"].as_u64().unwrap_or(0) as f64 / 1000.0
+                )
+            })
+            .collect();
+        self.0.push((args[0].to_string(), wall, op_us, names));
+        output
+    }
+
+    fn print(&self, title: &str) {
+        println!("\n{title}");
+        println!(
+            "{:<14} {:>9} {:>11} {:>11}  privileged operations",
+            "verb", "wall ms", "priv ms", "flex ms"
+        );
+        let (mut wall, mut ops) = (Duration::ZERO, 0u64);
+        for (verb, w, op_us, names) in &self.0 {
+            wall += *w;
+            ops += op_us;
+            let w_ms = w.as_secs_f64() * 1000.0;
+            let op_ms = *op_us as f64 / 1000.0;
+            println!(
+                "{verb:<14} {w_ms:>9.1} {op_ms:>11.1} {:>11.1}  {}",
+                w_ms - op_ms,
+                names.join(", ")
+            );
+        }
+        let w_ms = wall.as_secs_f64() * 1000.0;
+        let op_ms = ops as f64 / 1000.0;
+        println!(
+            "{:<14} {w_ms:>9.1} {op_ms:>11.1} {:>11.1}  ({} calls)",
+            "total",
+            w_ms - op_ms,
+            self.0.len()
+        );
+    }
+}
+
+/// The whole life of one PV, in kubelet's order, with data surviving a detach and an expansion.
+fn lifecycle(fs: &str, size: u64, grown: u64) {
+    let n = LoopNode::new();
+    let pv = format!("pv-{fs}");
+    let json = base_json(&pv, fs, &[]);
+    let dmp = n.device_mount_path(&pv);
+    let dmp_arg = dmp.to_str().unwrap();
+    let pod = n.pod_dir("pod-a", "data");
+    let pod_arg = pod.to_str().unwrap();
+    let mut t = Timings::default();
+
+    n.run(&["init"]).success(); // compiles the component once, outside the timings
+    let caps = n.run(&["init"]).success()["capabilities"].clone();
+    assert_eq!(caps["attach"], true);
+    assert_eq!(caps["requiresFSResize"], true);
+
+    let provision = json!({"kubernetes.io/pvOrVolumeName": pv, "requestBytes": size.to_string()});
+    t.run(&n, &["provision", &provision.to_string()]).success();
+    let device = t.run(&n, &["attach", &json, NODE]).success()["device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(device.starts_with("/dev/loop"), "{device}");
+    assert_eq!(
+        t.run(&n, &["isattached", &json, NODE]).success()["attached"],
+        true
+    );
+    let waited = t.run(&n, &["waitforattach", &device, &json]).success();
+    assert_eq!(waited["device"], device.as_str());
+    t.run(&n, &["mountdevice", dmp_arg, &device, &json])
+        .success();
+    let mounted = mounts_at(&dmp);
+    assert_eq!(mounted.len(), 1, "{mounted:?}");
+    assert_eq!(mounted[0].fs_type, fs);
+    // `mount` is Not supported: kubelet bind-mounts the device mount path itself. The test
+    // plays kubelet here.
+    let mount = t.run(&n, &["mount", pod_arg, &mount_json(&pv, false, None, &[])]);
+    assert_eq!((mount.status(), mount.code), ("Not supported".into(), 1));
+    kubelet_bind(&dmp, &pod);
+    std::fs::write(pod.join("data.txt"), b"survives detach and growth").unwrap();
+    let small = fs_bytes(&pod);
+
+    let unmount = t.run(&n, &["unmount", pod_arg]);
+    assert_eq!(unmount.status(), "Not supported");
+    kubelet_unbind(&pod);
+    t.run(&n, &["unmountdevice", dmp_arg]).success();
+    assert!(mounts_at(&dmp).is_empty());
+    t.run(&n, &["detach", &pv, NODE]).success();
+    assert_eq!(
+        n.run(&["isattached", &json, NODE]).success()["attached"],
+        false
+    );
+    assert!(loop_devices_under(&n.images()).is_empty());
+    // Detach again (the controller retries): still success.
+    n.run(&["detach", &pv, NODE]).success();
+
+    // Attach again, elsewhere in kubelet's life: the data is still there, not reformatted.
+    let device = t.run(&n, &["attach", &json, NODE]).success()["device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waited = t.run(&n, &["waitforattach", "", &json]).success();
+    assert_eq!(waited["device"], device.as_str());
+    t.run(&n, &["mountdevice", dmp_arg, &device, &json])
+        .success();
+    kubelet_bind(&dmp, &pod);
+    assert_eq!(
+        std::fs::read(pod.join("data.txt")).unwrap(),
+        b"survives detach and growth"
+    );
+    assert_eq!(n.mkfs_count(), 1, "formatted once only");
+
+    // Online expansion: kubelet passes the PV's new capacity.
+    let expand = [
+        "expandfs",
+        &json,
+        &device,
+        dmp_arg,
+        &grown.to_string(),
+        &size.to_string(),
+    ];
+    if fs == "ext4" && !has_cap_sys_resource() {
+        // Growing a mounted ext4 needs CAP_SYS_RESOURCE (EXT4_IOC_RESIZE_FS); some VMs and
+        // containers drop it even for root. Then the failure must say so; xfs still proves
+        // online growth.
+        let message = t.run(&n, &expand).failure();
+        assert!(message.contains("CAP_SYS_RESOURCE"), "{message}");
+        println!("ext4 online resize not possible here: no CAP_SYS_RESOURCE");
+        teardown(&n, &pv, &pod, &dmp, &mut t);
+        return;
+    }
+    t.run(&n, &expand).success();
+    let large = fs_bytes(&pod);
+    assert!(
+        large > small + (grown - size) / 2,
+        "file system did not grow: {small} -> {large}"
+    );
+    assert_eq!(
+        std::fs::read(pod.join("data.txt")).unwrap(),
+        b"survives detach and growth"
+    );
+    // expandfs again (kubelet retries): nothing changes, still success.
+    n.run(&expand).success();
+    assert_eq!(fs_bytes(&pod), large);
+
+    teardown(&n, &pv, &pod, &dmp, &mut t);
+    t.print(&format!(
+        "lifecycle, {fs}, {} MiB grown to {} MiB",
+        size / MIB,
+        grown / MIB
+    ));
+}
+
+#[test]
+fn lifecycle_ext4() {
+    lifecycle("ext4", 64 * MIB, 128 * MIB);
+}
+
+/// mkfs.xfs wants at least 300 MB.
+#[test]
+fn lifecycle_xfs() {
+    lifecycle("xfs", 320 * MIB, 512 * MIB);
+}
+
+#[test]
+fn two_volumes_at_once() {
+    let n = LoopNode::new();
+    let mut devices = Vec::new();
+    for (pv, fs) in [("pv-one", "ext4"), ("pv-two", "")] {
+        n.provision(pv, 32 * MIB);
+        let device = n.attach(pv, fs);
+        n.mount_device(pv, &device, fs).success();
+        let pod = n.pod_dir("pod-b", pv);
+        kubelet_bind(&n.device_mount_path(pv), &pod);
+        std::fs::write(pod.join("who"), pv).unwrap();
+        devices.push(device);
+    }
+    assert_ne!(devices[0], devices[1]);
+    assert_eq!(loop_devices_under(&n.images()).len(), 2);
+    for pv in ["pv-one", "pv-two"] {
+        let pod = n.pod_dir("pod-b", pv);
+        assert_eq!(std::fs::read_to_string(pod.join("who")).unwrap(), pv);
+        kubelet_unbind(&pod);
+        n.unmount_device(pv);
+        n.run(&["detach", pv, NODE]).success();
+        n.delete(pv);
+    }
+    n.assert_nothing_leaks();
+}
+
+#[test]
+fn concurrent_calls_on_one_volume_converge() {
+    let n = LoopNode::new();
+    let pv = "pv-race";
+    n.provision(pv, 64 * MIB);
+    n.run(&["init"]).success();
+    let json = base_json(pv, "ext4", &[]);
+    let devices: Vec<String> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| n.run(&["attach", &json, NODE])))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| {
+                c.join().unwrap().success()["device"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    });
+    assert!(devices.iter().all(|d| d == &devices[0]), "{devices:?}");
+    assert_eq!(loop_devices_under(&n.images()).len(), 1);
+
+    let dmp = n.device_mount_path(pv);
+    let replies: Vec<Output> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| n.mount_device(pv, &devices[0], "ext4")))
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    for reply in &replies {
+        reply.success();
+    }
+    assert_eq!(mounts_at(&dmp).len(), 1, "{:?}", mounts_at(&dmp));
+    assert_eq!(n.mkfs_count(), 1);
+
+    // Concurrent detaches after the unmount: all succeed, nothing left.
+    n.unmount_device(pv);
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| n.run(&["detach", pv, NODE])))
+            .collect();
+        for call in calls {
+            call.join().unwrap().success();
+        }
+    });
+    n.delete(pv);
+    n.assert_nothing_leaks();
+}
+
+/// kubelet (or the node) kills `flex` in the middle of `mountdevice`; its retry converges: one
+/// mount, one format, and the data written after the first mount survives every later call.
+#[test]
+fn killed_mountdevice_converges_without_reformatting() {
+    let n = LoopNode::new();
+    n.run(&["init"]).success();
+    for (i, delay_ms) in [1u64, 3, 6, 10, 15, 25, 40].into_iter().enumerate() {
+        let pv = format!("pv-kill-{i}");
+        n.provision(&pv, 64 * MIB);
+        let device = n.attach(&pv, "ext4");
+        let dmp = n.device_mount_path(&pv);
+        let mkfs_before = n.mkfs_count();
+        let json = base_json(&pv, "ext4", &[]);
+        let args = ["mountdevice", dmp.to_str().unwrap(), &device, &json];
+
+        // Killed on a blank device: somewhere in probe, mkfs or mount.
+        let mut child = n.node.command(&n.driver, &args).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        n.run(&args).success();
+        assert_eq!(mounts_at(&dmp).len(), 1, "delay {delay_ms} ms");
+        // One format: by the retry, or by the killed call's mkfs, which outlives `flex` and
+        // holds the device lock until it is done (then it has no audit line: the record is
+        // written when the operation returns).
+        assert!(n.mkfs_count() - mkfs_before <= 1, "delay {delay_ms} ms");
+        let uuid = fs_uuid(&device);
+        assert!(!uuid.is_empty());
+        std::fs::write(dmp.join("marker"), pv.as_bytes()).unwrap();
+
+        // Killed again with the data in place, mounted and then unmounted.
+        n.run(&args).success();
+        n.unmount_device(&pv);
+        let mut child = n.node.command(&n.driver, &args).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        n.run(&args).success();
+        assert_eq!(mounts_at(&dmp).len(), 1, "delay {delay_ms} ms");
+        assert_eq!(
+            std::fs::read(dmp.join("marker")).unwrap(),
+            pv.as_bytes(),
+            "delay {delay_ms} ms: data lost"
+        );
+        assert!(n.mkfs_count() - mkfs_before <= 1, "delay {delay_ms} ms");
+        assert_eq!(fs_uuid(&device), uuid, "delay {delay_ms} ms: reformatted");
+        n.unmount_device(&pv);
+        n.run(&["detach", &pv, NODE]).success();
+        n.delete(&pv);
+    }
+    n.assert_nothing_leaks();
+}
+
+/// A device with a file system on it is mounted as it is or refused, never formatted.
+#[test]
+fn a_device_with_data_is_never_formatted() {
+    let n = LoopNode::new();
+    let pv = "pv-data";
+    n.provision(pv, 320 * MIB);
+    let device = n.attach(pv, "");
+    // Someone put an xfs file system with data on it, outside flex.
+    let mkfs = std::process::Command::new("mkfs.xfs")
+        .args(["-q", &device])
+        .status()
+        .unwrap();
+    assert!(mkfs.success());
+    let scratch = tempfile::tempdir().unwrap();
+    nix::mount::mount(
+        Some(device.as_str()),
+        scratch.path(),
+        Some("xfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(scratch.path().join("precious"), b"keep me").unwrap();
+    nix::mount::umount(scratch.path()).unwrap();
+
+    // An explicit, different fsType: a clear failure, no format.
+    let message = n.mount_device(pv, &device, "ext4").failure();
+    assert!(message.contains("not reformatting"), "{message}");
+    assert!(mounts_at(&n.device_mount_path(pv)).is_empty());
+    // No fsType: mounted as it is.
+    n.mount_device(pv, &device, "").success();
+    let dmp = n.device_mount_path(pv);
+    assert_eq!(mounts_at(&dmp)[0].fs_type, "xfs");
+    assert_eq!(std::fs::read(dmp.join("precious")).unwrap(), b"keep me");
+    assert_eq!(n.mkfs_count(), 0);
+    // A device that is not the volume's own is refused.
+    let other = n.mount_device(pv, "/dev/loop999", "").failure();
+    assert!(other.contains("not volume"), "{other}");
+    n.unmount_device(pv);
+    n.run(&["detach", pv, NODE]).success();
+    n.delete(pv);
+    n.assert_nothing_leaks();
+}
+
+#[test]
+fn provision_delete_and_inline_volumes() {
+    let n = LoopNode::new();
+    // Provisioner keys: requestGiB alone is enough too; the image is sparse.
+    let json = json!({"kubernetes.io/pvOrVolumeName": "pv-gib", "requestGiB": "1"});
+    n.run(&["provision", &json.to_string()]).success();
+    n.run(&["provision", &json.to_string()]).success();
+    let image = n.images().join("pv-gib");
+    let meta = std::fs::metadata(&image).unwrap();
+    assert_eq!(meta.len(), 1 << 30);
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() < 16, "image is not sparse");
+    n.delete("pv-gib");
+    n.delete("pv-gib");
+    assert!(!image.exists());
+    // Too large for the policy.
+    let huge = json!({"kubernetes.io/pvOrVolumeName": "pv-huge", "requestGiB": "2048"});
+    let message = n.run(&["provision", &huge.to_string()]).failure();
+    assert!(message.contains("max_image_bytes"), "{message}");
+    // An unprovisioned PV cannot be attached; an inline volume with a size can.
+    let message = n
+        .run(&["attach", &base_json("pv-none", "", &[]), NODE])
+        .failure();
+    assert!(message.contains("has no image"), "{message}");
+    let inline = base_json("scratch", "", &[("size", "32Mi")]);
+    let device = n.run(&["attach", &inline, NODE]).success()["device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // An attached volume cannot be deleted.
+    let message = n
+        .run(&[
+            "delete",
+            &json!({"kubernetes.io/pvOrVolumeName": "scratch"}).to_string(),
+        ])
+        .failure();
+    assert!(message.contains("attached"), "{message}");
+    // getvolumename: kubelet's default (the PV name) is what detach receives.
+    assert_eq!(n.run(&["getvolumename", &inline]).status(), "Not supported");
+    n.run(&["detach", "scratch", NODE]).success();
+    assert!(device.starts_with("/dev/loop"), "{device}");
+    assert!(loop_devices_under(&n.images()).is_empty());
+    n.delete("scratch");
+    n.assert_nothing_leaks();
+}
+
+/// Teardown in kubelet's order, then the provisioner deletes the volume.
+fn teardown(n: &LoopNode, pv: &str, pod: &Path, dmp: &Path, t: &mut Timings) {
+    t.run(n, &["unmount", pod.to_str().unwrap()]);
+    kubelet_unbind(pod);
+    t.run(n, &["unmountdevice", dmp.to_str().unwrap()])
+        .success();
+    t.run(n, &["detach", pv, NODE]).success();
+    let delete = json!({"kubernetes.io/pvOrVolumeName": pv}).to_string();
+    t.run(n, &["delete", &delete]).success();
+    assert!(!n.images().join(pv).exists());
+    n.delete(pv); // a missing volume is success
+    n.assert_nothing_leaks();
+}
+
+/// CAP_SYS_RESOURCE in this process's effective set.
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .unwrap();
+    u64::from_str_radix(hex.trim(), 16).unwrap() & (1 << 24) != 0
+}
+
+/// The file system's UUID as the disk says (a reformat changes it).
+fn fs_uuid(device: &str) -> String {
+    let out = std::process::Command::new("blkid")
+        .args(["-p", "-o", "value", "-s", "UUID", device])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
