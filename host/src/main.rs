@@ -8,6 +8,7 @@ mod artifact;
 mod audit;
 mod bindings;
 mod caps;
+mod inspect;
 mod install;
 mod locate;
 mod logfile;
@@ -35,6 +36,7 @@ fn main() {
         [policy, check, file] if policy == "policy" && check == "check" => {
             Some(policy::check_command(file))
         }
+        [command, rest @ ..] if command == "inspect" => Some(text_and_code(inspect::inspect(rest))),
         [command, rest @ ..] if command == "install" => Some(text_and_code(install::install(rest))),
         [command, rest @ ..] if command == "list" => Some(text_and_code(install::list(rest))),
         [command, rest @ ..] if command == "uninstall" => {
@@ -115,7 +117,9 @@ fn split_flags(mut args: &[String]) -> (Flags<'_>, &[String]) {
 
 /// Prints the reply as the process's only output and exits without teardown: there is
 /// nothing to clean up that the kernel does not, and skipping it is measurably faster.
-fn reply_and_exit(reply: &Reply) -> ! {
+/// The stdout lock is held until exit, so a second caller (the deadline watchdog) never adds
+/// a second reply.
+pub fn reply_and_exit(reply: &Reply) -> ! {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(reply.to_line().as_bytes());
     let _ = stdout.flush();

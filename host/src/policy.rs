@@ -113,14 +113,57 @@ pub fn check_command(file: &str) -> (String, i32) {
         Err(e) => (format!("{e}\n"), 1),
         Ok(policy) => {
             let grants = serde_json::to_string_pretty(&policy).unwrap_or_default();
-            let mounts = if policy.mount.fs_types.is_empty() && policy.mount.sources.is_empty() {
-                "nothing may be mounted"
-            } else {
-                "mounts as listed, onto the call's own directory only (plus mount.targets)"
-            };
-            (format!("policy {file} is valid: {mounts}\n{grants}\n"), 0)
+            (
+                format!("policy {file} is valid; {}\n{grants}\n", summary(&policy)),
+                0,
+            )
         }
     }
+}
+
+/// One sentence per capability: what the policy grants.
+fn summary(p: &Policy) -> String {
+    let either = |granted: bool, yes: String, no: &str| if granted { yes } else { no.into() };
+    [
+        either(
+            !p.mount.fs_types.is_empty() || !p.mount.sources.is_empty(),
+            format!(
+                "mount: {:?} from {:?} onto the call's own directory{}",
+                p.mount.fs_types,
+                p.mount.sources,
+                either(
+                    !p.mount.targets.is_empty(),
+                    format!(" and {:?}", p.mount.targets),
+                    ""
+                )
+            ),
+            "mount: nothing",
+        ),
+        either(
+            !p.block.devices.is_empty() || p.block.image_dir.is_some(),
+            format!(
+                "block: devices {:?}, mkfs {:?}, images in {:?} up to {} bytes",
+                p.block.devices, p.block.fs_types, p.block.image_dir, p.block.max_image_bytes
+            ),
+            "block: nothing",
+        ),
+        either(
+            !p.http.destinations.is_empty(),
+            format!("http: {:?}", p.http.destinations),
+            "http: nothing",
+        ),
+        either(
+            !p.exec.programs.is_empty(),
+            format!("exec: {:?}", p.exec.programs),
+            "exec: nothing",
+        ),
+        either(
+            p.state.is_some(),
+            "state: a private directory".into(),
+            "state: none",
+        ),
+    ]
+    .join("; ")
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Policy, String> {
@@ -143,7 +186,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, String> {
 fn validate_digest(digest: &str) -> Result<(), String> {
     match digest.strip_prefix("sha256:") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
-        _ => Err(format!("digest must be sha256:<64 hex digits>, not {digest:?}")),
+        _ => Err(format!(
+            "digest must be sha256:<64 hex digits>, not {digest:?}"
+        )),
     }
 }
 

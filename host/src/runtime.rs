@@ -26,6 +26,10 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// goes to the log; kubelet never sees it.
 const GUEST_OUTPUT_BYTES: usize = 64 << 10;
 
+/// How long a host call may keep running past the verb's deadline before `flex` replies
+/// without it (the epoch interrupts only WebAssembly code).
+const HOST_CALL_GRACE: Duration = Duration::from_secs(3);
+
 /// The store's data for one call: WASI (stdio captured, nothing else) plus one field per
 /// capability, each the `Host` implementation of its interface.
 pub struct CallState {
@@ -81,6 +85,11 @@ pub fn run(
         Err(e) => return (Reply::failure(e), logger),
     };
     let mut logger = logger;
+    if let Some(expected) = &policy.digest
+        && let Err(e) = check_digest(&plugin.component, expected)
+    {
+        return (Reply::failure(e), logger);
+    }
     let component = match artifact::load(&engine, &plugin.component) {
         Ok((component, source, notes)) => {
             notes.iter().for_each(|note| logger.error(note));
@@ -130,9 +139,19 @@ pub fn run(
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
     let timer_engine = engine.clone();
+    let (driver, verb_name) = (plugin.name.clone(), verb.to_string());
     std::thread::spawn(move || {
         std::thread::sleep(deadline);
         timer_engine.increment_epoch();
+        // The epoch stops WebAssembly code, not a host call blocked on the outside world:
+        // if the call has not come back soon after, answer kubelet anyway.
+        std::thread::sleep(HOST_CALL_GRACE);
+        let message = format!(
+            "driver {driver} did not finish within {}s during {verb_name} (blocked in a host call)",
+            deadline.as_secs()
+        );
+        Logger::open(&driver, &verb_name).error(&message);
+        crate::reply_and_exit(&Reply::failure(message));
     });
 
     let outcome = link(&engine, &component, &mut store).and_then(|linker| {
@@ -188,6 +207,22 @@ fn link(
         store.data_mut().logger.info(&note);
     }
     Ok(linker)
+}
+
+/// The policy's `digest`: any other component is refused before it is loaded. Checked on
+/// every call (about 0.1 ms for a typical driver), so no cached artifact can bypass it.
+fn check_digest(component: &std::path::Path, expected: &str) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(component)
+        .map_err(|e| format!("driver component {}: {e}", component.display()))?;
+    let actual = format!("sha256:{:x}", Sha256::digest(&bytes));
+    if actual.eq_ignore_ascii_case(expected) {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing driver component {}: its digest is {actual}, the policy requires {expected}",
+        component.display()
+    ))
 }
 
 /// The directories kubelet handed to this call: the only ones a driver may mount onto.

@@ -83,7 +83,10 @@ impl Exec {
                 "denied: environment variable {key} changes how programs are loaded"
             ));
         }
-        if let Some((key, _)) = env.iter().find(|(k, _)| k.is_empty() || k.contains(['=', '\0'])) {
+        if let Some((key, _)) = env
+            .iter()
+            .find(|(k, _)| k.is_empty() || k.contains(['=', '\0']))
+        {
             return Err(format!("denied: invalid environment variable name {key:?}"));
         }
         let resolved = std::fs::canonicalize(program)
@@ -95,8 +98,14 @@ impl Exec {
 /// Variables the dynamic loader or libc act on before the program's own code runs.
 fn is_loader_variable(key: &str) -> bool {
     key.starts_with("LD_")
-        || ["GCONV_PATH", "LOCPATH", "MALLOC_TRACE", "HOSTALIASES", "RESOLV_HOST_CONF"]
-            .contains(&key)
+        || [
+            "GCONV_PATH",
+            "LOCPATH",
+            "MALLOC_TRACE",
+            "HOSTALIASES",
+            "RESOLV_HOST_CONF",
+        ]
+        .contains(&key)
 }
 
 impl Host for Exec {
@@ -138,7 +147,8 @@ fn run_program(
     timeout: Duration,
 ) -> Result<Output, String> {
     let shown = program.display();
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -146,7 +156,16 @@ fn run_program(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; the closure allocates nothing.
+    unsafe {
+        // Killed with `flex` (for instance by the deadline watchdog), never orphaned.
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
     let capture = |pipe: Option<Box<dyn Read + Send>>| {
@@ -200,8 +219,13 @@ mod tests {
     #[test]
     fn listed_programs_run_with_only_the_given_environment() {
         let mut exec = exec(&["/usr/bin/env"]);
-        let out = Host::run(&mut exec, "/usr/bin/env".into(), vec![], vec![("A".into(), "1".into())])
-            .unwrap();
+        let out = Host::run(
+            &mut exec,
+            "/usr/bin/env".into(),
+            vec![],
+            vec![("A".into(), "1".into())],
+        )
+        .unwrap();
         assert_eq!(out.exit_code, Some(0));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "A=1\n");
     }
@@ -213,7 +237,10 @@ mod tests {
             ("/bin/sh", vec![]),
             ("env", vec![]),
             ("/usr/bin/../bin/env", vec![]),
-            ("/usr/bin/env", vec![("LD_PRELOAD".to_string(), "/tmp/x.so".to_string())]),
+            (
+                "/usr/bin/env",
+                vec![("LD_PRELOAD".to_string(), "/tmp/x.so".to_string())],
+            ),
             ("/usr/bin/env", vec![("A=B".to_string(), "1".to_string())]),
         ] {
             let err = Host::run(&mut exec, program.into(), vec![], env).unwrap_err();

@@ -85,7 +85,12 @@ impl Http {
     }
 
     /// The address to connect to and the rule that allows it.
-    fn authorize(&self, scheme: &str, host: &str, port: u16) -> Result<(SocketAddr, String), String> {
+    fn authorize(
+        &self,
+        scheme: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<(SocketAddr, String), String> {
         let destination = format!("{scheme}://{host}:{port}");
         let Some(pattern) = self.destinations.matching(&destination) else {
             return Err(format!(
@@ -102,7 +107,10 @@ impl Http {
         for address in &addresses {
             let ip = address.ip();
             if let Some(kind) = special_kind(ip)
-                && !self.listed.iter().any(|&(net, bits)| in_network(ip, net, bits))
+                && !self
+                    .listed
+                    .iter()
+                    .any(|&(net, bits)| in_network(ip, net, bits))
             {
                 return Err(format!(
                     "denied: {host} resolves to {ip}, a {kind} address not listed in http.addresses"
@@ -290,7 +298,10 @@ mod tests {
         assert!(err.contains("not in the policy"), "{err}");
         assert!(h.authorize("http", "10.1.2.3", 80).is_err());
         // A pattern without a port means the scheme's default port only.
-        assert!(h.authorize("https", "ec2.eu-west-1.amazonaws.com", 8443).is_err());
+        assert!(
+            h.authorize("https", "ec2.eu-west-1.amazonaws.com", 8443)
+                .is_err()
+        );
     }
 
     #[test]
@@ -300,7 +311,10 @@ mod tests {
         assert!(err.contains("loopback address not listed"), "{err}");
         // A literal IP destination lists that address.
         assert!(h.authorize("http", "169.254.169.254", 80).is_ok());
-        let h = http(&["http://localhost:*", "http://169.254.169.254"], &["127.0.0.0/8", "::1"]);
+        let h = http(
+            &["http://localhost:*", "http://169.254.169.254"],
+            &["127.0.0.0/8", "::1"],
+        );
         assert!(h.authorize("http", "localhost", 8080).is_ok());
         let h = http(&["http://*"], &[]);
         for ip in ["169.254.169.254", "127.0.0.2", "0.0.0.0", "224.0.0.1"] {
@@ -316,7 +330,10 @@ mod tests {
         let (net, bits) = parse_cidr("10.0.0.0/8").unwrap();
         assert!(in_network("10.9.8.7".parse().unwrap(), net, bits));
         assert!(!in_network("11.0.0.1".parse().unwrap(), net, bits));
-        assert_eq!(special_kind("::ffff:127.0.0.1".parse().unwrap()), Some("loopback"));
+        assert_eq!(
+            special_kind("::ffff:127.0.0.1".parse().unwrap()),
+            Some("loopback")
+        );
         assert_eq!(special_kind("93.184.216.34".parse().unwrap()), None);
     }
 

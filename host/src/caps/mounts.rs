@@ -222,10 +222,12 @@ impl Host for Mounts {
             "target": target,
             "options": options.iter().map(|o| redact_option(o)).collect::<Vec<_>>(),
         });
-        let plan = self.resolve_target(&target).and_then(|(path, target_rule)| {
-            let (flags, data, options_rule) = self.check_options(&options)?;
-            Ok((path, flags, data, format!("{target_rule}; {options_rule}")))
-        });
+        let plan = self
+            .resolve_target(&target)
+            .and_then(|(path, target_rule)| {
+                let (flags, data, options_rule) = self.check_options(&options)?;
+                Ok((path, flags, data, format!("{target_rule}; {options_rule}")))
+            });
         let rule = plan.as_ref().map(|p| p.3.clone()).map_err(Clone::clone);
         self.audit.run("remount", args, rule, || {
             let (path, flags, data, _) = plan.expect("allowed");
@@ -248,14 +250,15 @@ impl Host for Mounts {
             .as_ref()
             .map(|(_, rule)| rule.clone())
             .map_err(Clone::clone);
-        self.audit.run("unmount", json!({ "target": target }), rule, || {
-            let (path, _) = resolved.expect("allowed");
-            if !is_mountpoint(&path)? {
-                return Err(format!("{} is not a mount point", path.display()));
-            }
-            nix::mount::umount2(&path, MntFlags::UMOUNT_NOFOLLOW)
-                .map_err(|e| format!("unmount {}: {e}", path.display()))
-        })
+        self.audit
+            .run("unmount", json!({ "target": target }), rule, || {
+                let (path, _) = resolved.expect("allowed");
+                if !is_mountpoint(&path)? {
+                    return Err(format!("{} is not a mount point", path.display()));
+                }
+                nix::mount::umount2(&path, MntFlags::UMOUNT_NOFOLLOW)
+                    .map_err(|e| format!("unmount {}: {e}", path.display()))
+            })
     }
 
     /// Reads mount state only, so it is not audited; the target rule still applies.
