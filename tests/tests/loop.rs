@@ -292,6 +292,7 @@ fn lifecycle(fs: &str, size: u64, grown: u64) {
         assert!(message.contains("CAP_SYS_RESOURCE"), "{message}");
         println!("ext4 online resize not possible here: no CAP_SYS_RESOURCE");
         teardown(&n, &pv, &pod, &dmp, &mut t);
+        t.print(&format!("lifecycle, {fs}, {} MiB (no growth)", size / MIB));
         return;
     }
     t.run(&n, &expand).success();
