@@ -1,7 +1,7 @@
 # flex: build, demo and test. Everything needs the wasm32-wasip2 target:
 #   rustup target add wasm32-wasip2
 CARGO ?= cargo
-GUESTS := -p flex-tmpfs -p flex-hostile -p flex-loop
+GUESTS := -p flex-tmpfs -p flex-hostile -p flex-loop -p flex-ebs
 
 .PHONY: build demo test lint bench
 
