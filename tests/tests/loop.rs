@@ -580,3 +580,68 @@ fn fs_uuid(device: &str) -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// The pid of a running `mkfs.*` whose arguments name `device`, if any.
+fn mkfs_running_on(device: &str) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_mkfs = args
+                .first()
+                .is_some_and(|a| a.windows(5).any(|w| w == b"mkfs."));
+            (is_mkfs && args.contains(&device.as_bytes())).then_some(pid)
+        })
+}
+
+/// `flex` SIGKILLed exactly while its mkfs runs: mkfs outlives it and keeps the device lock, so
+/// the retry waits for the format to finish and mounts it instead of formatting again.
+#[test]
+fn killed_during_mkfs_the_retry_waits_for_it() {
+    let n = LoopNode::new();
+    n.run(&["init"]).success();
+    let pv = "pv-mid-mkfs";
+    n.provision(pv, 256 * MIB);
+    let device = n.attach(pv, "ext4");
+    let dmp = n.device_mount_path(pv);
+    let json = base_json(pv, "ext4", &[]);
+    let args = ["mountdevice", dmp.to_str().unwrap(), &device, &json];
+
+    let mut child = n.node.command(&n.driver, &args).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mkfs = loop {
+        if let Some(pid) = mkfs_running_on(&device) {
+            break Some(pid);
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let mkfs = mkfs.expect("mkfs was never seen running");
+    let orphan_alive = Path::new(&format!("/proc/{mkfs}")).exists();
+
+    n.run(&args).success();
+    assert_eq!(mounts_at(&dmp).len(), 1);
+    assert!(
+        mkfs_running_on(&device).is_none(),
+        "the retry returned before mkfs ended"
+    );
+    assert_eq!(n.mkfs_count(), 0, "the retry must not format again");
+    let uuid = fs_uuid(&device);
+    std::fs::write(dmp.join("marker"), b"x").unwrap();
+    n.unmount_device(pv);
+    n.mount_device(pv, &device, "ext4").success();
+    assert_eq!(fs_uuid(&device), uuid);
+    assert_eq!(std::fs::read(dmp.join("marker")).unwrap(), b"x");
+    println!("mkfs {mkfs} still running when flex was killed: {orphan_alive}");
+    n.unmount_device(pv);
+    n.run(&["detach", pv, NODE]).success();
+    n.delete(pv);
+    n.assert_nothing_leaks();
+}

@@ -998,6 +998,61 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_mkfs_formats_once() {
+        let images = ImageDir::new();
+        let device = LoopDevice::new(32 * MIB);
+        // Separate Blocks: separate calls, as separate flex processes would be.
+        let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let calls: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        Host::mkfs(
+                            &mut block(images.path()),
+                            device.path.clone(),
+                            "ext4".into(),
+                        )
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
+        for err in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(err.contains("already carries a signature (ext4)"), "{err}");
+        }
+    }
+
+    #[test]
+    fn mkfs_refuses_a_partition_table() {
+        let images = ImageDir::new();
+        let device = LoopDevice::new(8 * MIB);
+        {
+            // One MBR partition entry (type 0x83 at LBA 2048) and the boot signature.
+            use std::io::{Seek, SeekFrom, Write};
+            let mut disk = OpenOptions::new().write(true).open(&device.path).unwrap();
+            let mut entry = vec![0u8, 0, 0, 0, 0x83, 0, 0, 0];
+            entry.extend(2048u32.to_le_bytes());
+            entry.extend(4096u32.to_le_bytes());
+            disk.seek(SeekFrom::Start(446)).unwrap();
+            disk.write_all(&entry).unwrap();
+            disk.seek(SeekFrom::Start(510)).unwrap();
+            disk.write_all(&[0x55, 0xaa]).unwrap();
+            disk.sync_all().unwrap();
+        }
+        let mut block = block(images.path());
+        assert_eq!(
+            Host::probe_fs(&mut block, device.path.clone()),
+            Ok(Some("dos partition table".into()))
+        );
+        let err = Host::mkfs(&mut block, device.path.clone(), "ext4".into()).unwrap_err();
+        assert!(err.contains("dos partition table"), "{err}");
+    }
+
+    #[test]
     fn mkfs_refuses_a_mounted_device() {
         let images = ImageDir::new();
         let device = LoopDevice::new(32 * MIB);
