@@ -5,11 +5,15 @@ GUESTS := -p flex-tmpfs -p flex-hostile -p flex-loop -p flex-ebs
 
 .PHONY: build demo test lint bench
 
+# `flex` (per call, no compiler) and `flex-compile` (same crate and wasmtime, with Cranelift).
 build:
 	$(CARGO) build --release -p flex
+	$(CARGO) build --release -p flex --features compiler --bin flex-compile
 	$(CARGO) build --release --target wasm32-wasip2 $(GUESTS)
 
 # A tmpfs volume's lifecycle, exec'd exactly as kubelet does it (needs root).
+# The demo copies `flex` alone into its plugin dir: its first call finds the compiler here.
+demo: export FLEX_COMPILER = $(CURDIR)/target/release/flex-compile
 demo: build
 	scripts/demo.sh
 
@@ -24,4 +28,5 @@ lint:
 
 # Per-call latency against /bin/true, same run (prints a table).
 bench: build
+	$(CARGO) build --release -p flex-native-tmpfs
 	$(CARGO) run --release -p flex-tests --bin bench -- 200

@@ -1,24 +1,52 @@
-//! The native code cache: a component is compiled once, on its first call, and every later
-//! call maps the compiled artifact straight from disk (`Component::deserialize_file`).
+//! The native code cache: a component is compiled once (by `flex install`, or by its first
+//! call) and every later call maps the compiled artifact straight from disk
+//! (`Component::deserialize_file`).
 //!
 //! The artifact sits beside the component as `.<file>.<key>.cwasm`. The leading dot matters:
 //! kubelet's prober ignores dot-files, so caching never makes it re-run `init`. The key hashes
-//! the engine's compatibility hash (wasmtime build, `Config`, CPU features) with the component
-//! file's identity (device, inode, size, mtime, ctime), so a new component or a new `flex`
-//! build gets a fresh artifact. Each artifact ends with a checksum of its contents: a damaged
-//! file is detected, deleted and rebuilt, never executed.
+//! the engine's identity (flex and wasmtime versions, `Config`) with the component file's
+//! identity (device, inode, size, mtime, ctime), so a new component gets a fresh artifact;
+//! wasmtime itself rejects an artifact from another wasmtime build, `Config` or CPU, which is
+//! then rebuilt. Each artifact ends with a checksum of its contents: a damaged file is
+//! detected, deleted and rebuilt, never executed.
+//!
+//! The per-call `flex` binary carries no compiler (Cranelift makes it twice the size and its
+//! engine 3× slower to start). Compiling is `flex-compile`, the same crate built with the
+//! `compiler` feature, the same wasmtime and the same [`config`]: the runtime execs it, found
+//! through `FLEX_COMPILER` or beside the running executable, when an artifact is missing.
 
 use std::fs;
 use std::hash::Hash;
+#[cfg(feature = "compiler")]
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
 use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 const TRAILER_MAGIC: &[u8; 8] = b"flexsum1";
 const TRAILER_LEN: usize = 16;
+
+/// The compiler's file name, beside the `flex` executable.
+#[cfg_attr(feature = "compiler", allow(dead_code))] // `flex` with the compiler needs none
+pub const COMPILER: &str = "flex-compile";
+
+/// What an artifact is only valid for, besides the component file (see the module docs).
+/// wasmtime rejects a mismatch by itself; the key only makes a rebuild happen up front.
+const ENGINE_KEY: &str = concat!(
+    "flex ",
+    env!("CARGO_PKG_VERSION"),
+    "; wasmtime 48.0.8; epoch_interruption"
+);
+
+/// The one engine configuration: the compiler and the runtime must agree on it, or wasmtime
+/// rejects the artifact (and it is rebuilt).
+pub fn config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config
+}
 
 /// Where a component came from this call, for the log.
 pub enum Source {
@@ -30,7 +58,7 @@ pub fn load(engine: &Engine, component: &Path) -> Result<(Component, Source, Vec
     let mut notes = Vec::new();
     let meta = fs::metadata(component)
         .map_err(|e| format!("driver component {}: {e}", component.display()))?;
-    let artifact = artifact_path(engine, component, &meta);
+    let artifact = artifact_path(component, &meta);
     match load_cached(engine, &artifact) {
         Ok(Some(loaded)) => return Ok((loaded, Source::Cached, notes)),
         Ok(None) => {}
@@ -42,25 +70,111 @@ pub fn load(engine: &Engine, component: &Path) -> Result<(Component, Source, Vec
             let _ = fs::remove_file(&artifact);
         }
     }
+    let compiled = compile(engine, component, &artifact, &mut notes)?;
+    Ok((compiled, Source::Compiled, notes))
+}
+
+/// The compiler build: compiles in process; a read-only plugin dir still works, just without
+/// the cache.
+#[cfg(feature = "compiler")]
+fn compile(
+    engine: &Engine,
+    component: &Path,
+    artifact: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Component, String> {
+    let compiled = compile_component(engine, component)?;
+    match store(&compiled, artifact) {
+        Ok(()) => remove_stale(artifact),
+        Err(e) => notes.push(format!("cannot cache artifact {}: {e}", artifact.display())),
+    }
+    Ok(compiled)
+}
+
+/// The runtime build: `flex-compile COMPONENT ARTIFACT` writes the artifact, then it is
+/// loaded like any cached one.
+#[cfg(not(feature = "compiler"))]
+fn compile(
+    engine: &Engine,
+    component: &Path,
+    artifact: &Path,
+    _notes: &mut Vec<String>,
+) -> Result<Component, String> {
+    let compiler = compiler_path()?;
+    // Its output is captured: nothing may reach kubelet's pipe.
+    let output = std::process::Command::new(&compiler)
+        .arg(component)
+        .arg(artifact)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run the compiler {}: {e}", compiler.display()))?;
+    if !output.status.success() {
+        let error = String::from_utf8_lossy(&output.stderr);
+        return Err(match error.trim() {
+            "" => format!("{} failed ({})", compiler.display(), output.status),
+            error => error.to_string(),
+        });
+    }
+    match load_cached(engine, artifact) {
+        Ok(Some(loaded)) => Ok(loaded),
+        Ok(None) => Err(format!(
+            "{} wrote no artifact {}",
+            compiler.display(),
+            artifact.display()
+        )),
+        Err(problem) => Err(format!(
+            "artifact {} from {} does not load: {problem}",
+            artifact.display(),
+            compiler.display()
+        )),
+    }
+}
+
+#[cfg(not(feature = "compiler"))]
+fn compiler_path() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("FLEX_COMPILER") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("find the flex executable: {e}"))?;
+    let beside = exe.with_file_name(COMPILER);
+    match beside.is_file() {
+        true => Ok(beside),
+        false => Err(format!(
+            "the component has no compiled artifact and there is no compiler to build one \
+             ({} is missing): reinstall the driver with `flex install`, which precompiles it, \
+             or set FLEX_COMPILER",
+            beside.display()
+        )),
+    }
+}
+
+/// `flex-compile COMPONENT ARTIFACT`: compiles and stores the artifact at the path the
+/// runtime chose.
+#[cfg(feature = "compiler")]
+#[allow(dead_code)] // only flex-compile calls it
+pub fn compile_to(engine: &Engine, component: &Path, artifact: &Path) -> Result<(), String> {
+    let compiled = compile_component(engine, component)?;
+    store(&compiled, artifact)
+        .map_err(|e| format!("cannot write artifact {}: {e}", artifact.display()))?;
+    remove_stale(artifact);
+    Ok(())
+}
+
+#[cfg(feature = "compiler")]
+fn compile_component(engine: &Engine, component: &Path) -> Result<Component, String> {
     let wasm = fs::read(component)
         .map_err(|e| format!("driver component {}: {e}", component.display()))?;
-    let compiled = Component::new(engine, &wasm).map_err(|e| {
+    Component::new(engine, &wasm).map_err(|e| {
         format!(
             "driver component {} is not a valid component: {e:#}",
             component.display()
         )
-    })?;
-    match store(&compiled, &artifact) {
-        Ok(()) => remove_stale(&artifact),
-        // A read-only plugin dir still works, just without the cache.
-        Err(e) => notes.push(format!("cannot cache artifact {}: {e}", artifact.display())),
-    }
-    Ok((compiled, Source::Compiled, notes))
+    })
 }
 
-fn artifact_path(engine: &Engine, component: &Path, meta: &fs::Metadata) -> PathBuf {
+fn artifact_path(component: &Path, meta: &fs::Metadata) -> PathBuf {
     let mut hasher = Xxh3::new();
-    engine.precompile_compatibility_hash().hash(&mut hasher);
+    ENGINE_KEY.hash(&mut hasher);
     (
         meta.dev(),
         meta.ino(),
@@ -107,6 +221,7 @@ fn verify_checksum(bytes: &[u8]) -> Result<(), String> {
 
 /// Writes under a temporary dot-name, then renames: readers see the old file or the whole new
 /// one, and concurrent first calls simply race to install identical artifacts.
+#[cfg(feature = "compiler")]
 fn store(component: &Component, artifact: &Path) -> Result<(), String> {
     let mut bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
     let checksum = xxh3_64(&bytes);
@@ -126,6 +241,7 @@ fn store(component: &Component, artifact: &Path) -> Result<(), String> {
 }
 
 /// Removes artifacts of earlier versions of the same component (same `.<file>.` prefix).
+#[cfg(feature = "compiler")]
 fn remove_stale(current: &Path) {
     let (Some(dir), Some(name)) = (current.parent(), current.file_name()) else {
         return;

@@ -6,7 +6,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub const DEFAULT_LOG_DIR: &str = "/var/log/flex";
 
@@ -73,4 +74,65 @@ fn unix_millis() -> u128 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0)
+}
+
+/// Phase timings of one call, opt-in with `FLEX_TIMINGS=1`: one JSON line in the log,
+/// `{"timings_us": {"before_run": .., "engine": .., ...}}`, each phase in microseconds since the
+/// previous mark. `before_run` counts from the process's ELF constructors (after the dynamic
+/// loader) to the start of the call, so what remains of the wall time is exec and exit.
+pub struct Timings {
+    last: Option<Instant>,
+    phases: Vec<(&'static str, u128)>,
+}
+
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+extern "C" fn record_process_start() {
+    let _ = PROCESS_START.set(Instant::now());
+}
+
+// Runs before `main`, as early as Rust code can: the reference point of `before_run`.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static RECORD_PROCESS_START: extern "C" fn() = record_process_start;
+
+impl Timings {
+    pub fn start() -> Timings {
+        let enabled = std::env::var_os("FLEX_TIMINGS").is_some_and(|v| v == "1");
+        let mut timings = Timings {
+            last: None,
+            phases: Vec::new(),
+        };
+        if enabled {
+            let now = Instant::now();
+            let start = PROCESS_START.get().copied().unwrap_or(now);
+            timings
+                .phases
+                .push(("before_run", (now - start).as_micros()));
+            timings.last = Some(now);
+        }
+        timings
+    }
+
+    /// Ends the phase `name` (no-op unless enabled).
+    pub fn mark(&mut self, name: &'static str) {
+        if let Some(last) = self.last {
+            let now = Instant::now();
+            self.phases.push((name, (now - last).as_micros()));
+            self.last = Some(now);
+        }
+    }
+
+    pub fn write(&self, logger: &mut Logger) {
+        if self.last.is_none() {
+            return;
+        }
+        let phases: serde_json::Map<String, serde_json::Value> = self
+            .phases
+            .iter()
+            .map(|(name, us)| (name.to_string(), serde_json::json!(*us as u64)))
+            .collect();
+        let line = serde_json::json!({ "timings_us": phases }).to_string();
+        logger.log("info", "timings", &line);
+    }
 }

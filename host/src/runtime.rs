@@ -11,7 +11,7 @@ use crate::caps::http::Http;
 use crate::caps::mounts::Mounts;
 use crate::caps::state;
 use crate::locate::Plugin;
-use crate::logfile::Logger;
+use crate::logfile::{Logger, Timings};
 use crate::policy::Policy;
 use crate::protocol::{Call, Reply};
 use crate::wasi_link;
@@ -67,8 +67,7 @@ impl WasiView for CallState {
 /// The one engine configuration: compiling and loading must agree on it, or wasmtime rejects
 /// the cached artifact (and it is recompiled).
 pub fn engine() -> Result<Engine, String> {
-    let mut config = Config::new();
-    config.epoch_interruption(true);
+    let config: Config = artifact::config();
     Engine::new(&config).map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))
 }
 
@@ -80,10 +79,12 @@ pub fn run(
     logger: Logger,
     dry_run: bool,
 ) -> (Reply, Logger) {
+    let mut timings = Timings::start();
     let engine = match engine() {
         Ok(engine) => engine,
         Err(e) => return (Reply::failure(e), logger),
     };
+    timings.mark("engine");
     let mut logger = logger;
     if let Some(expected) = &policy.digest
         && let Err(e) = check_digest(&plugin.component, expected)
@@ -100,6 +101,7 @@ pub fn run(
         }
         Err(e) => return (Reply::failure(e), logger),
     };
+    timings.mark("artifact_load");
 
     let stdout = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
     let stderr = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
@@ -154,10 +156,14 @@ pub fn run(
         crate::reply_and_exit(&Reply::failure(message));
     });
 
+    timings.mark("store");
     let outcome = link(&engine, &component, &mut store).and_then(|linker| {
+        timings.mark("link");
         let driver = bindings::Driver::instantiate(&mut store, &component, &linker)?;
+        timings.mark("instantiate");
         call_verb(driver.flex_volume_verbs(), &mut store, call)
     });
+    timings.mark("call");
     let mut logger = store.into_data().logger;
     for (name, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
         let text = pipe.contents();
@@ -182,6 +188,7 @@ pub fn run(
             ))
         }
     };
+    timings.write(&mut logger);
     (reply, logger)
 }
 
