@@ -343,6 +343,9 @@ fn two_volumes_at_once() {
     }
     assert_ne!(devices[0], devices[1]);
     assert_eq!(loop_devices_under(&n.images()).len(), 2);
+    // Detaching a volume whose device is mounted is refused, not deferred.
+    let message = n.run(&["detach", "pv-one", NODE]).failure();
+    assert!(message.contains("mounted"), "{message}");
     for pv in ["pv-one", "pv-two"] {
         let pod = n.pod_dir("pod-b", pv);
         assert_eq!(std::fs::read_to_string(pod.join("who")).unwrap(), pv);
@@ -641,6 +644,51 @@ fn killed_during_mkfs_the_retry_waits_for_it() {
     assert_eq!(std::fs::read(dmp.join("marker")).unwrap(), b"x");
     println!("mkfs {mkfs} still running when flex was killed: {orphan_alive}");
     n.unmount_device(pv);
+    n.run(&["detach", pv, NODE]).success();
+    n.delete(pv);
+    n.assert_nothing_leaks();
+}
+
+/// `FLEX_DRY_RUN=1`: the driver runs and every privileged operation is audited as would-do,
+/// but no image, loop device, file system or mount appears.
+#[test]
+fn dry_run_changes_nothing() {
+    let n = LoopNode::new();
+    let pv = "pv-dry";
+    let run = |args: &[&str]| {
+        let out = n
+            .node
+            .command(&n.driver, args)
+            .env("FLEX_DRY_RUN", "1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stderr.is_empty(), "{out:?}");
+    };
+    let provision = json!({"kubernetes.io/pvOrVolumeName": pv, "requestGiB": "1"});
+    run(&["provision", &provision.to_string()]);
+    assert!(!n.images().join(pv).exists());
+    n.provision(pv, 32 * MIB);
+    let json = base_json(pv, "ext4", &[]);
+    run(&["attach", &json, NODE]);
+    assert!(loop_devices_under(&n.images()).is_empty());
+    let device = n.attach(pv, "ext4");
+    let dmp = n.device_mount_path(pv);
+    run(&["mountdevice", dmp.to_str().unwrap(), &device, &json]);
+    assert!(mounts_at(&dmp).is_empty());
+    assert_eq!(fs_uuid(&device), "", "dry run formatted the device");
+    let would: Vec<String> = n
+        .node
+        .audit()
+        .iter()
+        .filter(|l| l["decision"] == "would-do")
+        .map(|l| l["operation"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        would,
+        ["create-image", "attach-image", "mkfs", "mount"],
+        "{would:?}"
+    );
     n.run(&["detach", pv, NODE]).success();
     n.delete(pv);
     n.assert_nothing_leaks();

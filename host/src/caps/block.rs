@@ -164,7 +164,7 @@ impl Block {
             .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&device.path)
             .map_err(|e| format!("open {}: {e}", device.path.display()))?;
-        flock(&file, libc::LOCK_EX).map_err(|e| format!("lock {}: {e}", device.path.display()))?;
+        flock(&file, &device.path)?;
         let fd = file.as_raw_fd();
         self.locks.insert(device.rdev, file);
         Ok(fd)
@@ -216,16 +216,32 @@ fn check_image_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// `flock(2)`, retried on EINTR.
-fn flock(file: &File, operation: libc::c_int) -> std::io::Result<()> {
+/// How long a call waits for another one's lock (a format of a large device takes a while)
+/// before it fails; below the 120 s verb deadline, which cannot interrupt a host call.
+const LOCK_WAIT: Duration = Duration::from_secs(100);
+
+/// An exclusive `flock(2)`, waited for up to [`LOCK_WAIT`].
+fn flock(file: &File, path: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + LOCK_WAIT;
     loop {
         // SAFETY: flock on a descriptor we own; no memory is passed.
-        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return Ok(());
         }
         let error = std::io::Error::last_os_error();
-        if error.kind() != std::io::ErrorKind::Interrupted {
-            return Err(error);
+        match error.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Some(libc::EWOULDBLOCK) => {
+                return Err(format!(
+                    "{} is still locked by another operation after {} s",
+                    path.display(),
+                    LOCK_WAIT.as_secs()
+                ));
+            }
+            _ => return Err(format!("lock {}: {error}", path.display())),
         }
     }
 }
@@ -457,7 +473,7 @@ fn open_locked(path: &Path) -> Result<Option<File>, String> {
         .open(path)
     {
         Ok(file) => {
-            flock(&file, libc::LOCK_EX).map_err(|e| format!("lock {}: {e}", path.display()))?;
+            flock(&file, path)?;
             check_regular(&file, path)?;
             Ok(Some(file))
         }
@@ -500,7 +516,7 @@ fn perform_create(dir: &Path, name: &str, size: u64) -> Result<u64, String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| format!("create {}: {e}", path.display()))?;
-    flock(&file, libc::LOCK_EX).map_err(|e| format!("lock {}: {e}", path.display()))?;
+    flock(&file, &path)?;
     check_regular(&file, &path)?;
     let len = file
         .metadata()
