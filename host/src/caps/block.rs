@@ -466,19 +466,33 @@ fn loop_devices_of(image: &Path) -> Vec<PathBuf> {
 
 /// Opens an existing image (no symlinks) and locks it exclusively; `None` if it is missing.
 fn open_locked(path: &Path) -> Result<Option<File>, String> {
-    match OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(file) => {
-            flock(&file, path)?;
-            check_regular(&file, path)?;
-            Ok(Some(file))
+    open_image(path, false)
+}
+
+/// Opens (or creates) an image and locks it exclusively. An image deleted while this call
+/// waited for its lock is opened again, so the lock is always on the file the name names.
+fn open_image(path: &Path, create: bool) -> Result<Option<File>, String> {
+    loop {
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        let file = match opened {
+            Ok(file) => file,
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("open {}: {e}", path.display())),
+        };
+        flock(&file, path)?;
+        check_regular(&file, path)?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if meta.nlink() > 0 {
+            return Ok(Some(file));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("open {}: {e}", path.display())),
     }
 }
 
@@ -508,16 +522,8 @@ fn ensure_dir(dir: &Path) -> Result<(), String> {
 fn perform_create(dir: &Path, name: &str, size: u64) -> Result<u64, String> {
     ensure_dir(dir)?;
     let path = dir.join(name);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| format!("create {}: {e}", path.display()))?;
-    flock(&file, &path)?;
-    check_regular(&file, &path)?;
+    let file = open_image(&path, true)?
+        .ok_or_else(|| format!("create {}: not created", path.display()))?;
     let len = file
         .metadata()
         .map_err(|e| format!("{}: {e}", path.display()))?
