@@ -404,3 +404,162 @@ impl Drop for LocalHttpServer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released for a server to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1")
+        .port()
+}
+
+const MOTO_INSTALL: &str = "pip install 'moto[server]'";
+
+/// A moto server (a local EC2 API and more) on 127.0.0.1, stopped (killed) when dropped.
+/// Tests that need it fail loudly, naming the pip command, when moto is not installed.
+pub struct Moto {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let check = Command::new("python3")
+            .args(["-c", "import moto.server, boto3, flask"])
+            .output();
+        assert!(
+            check.as_ref().is_ok_and(|o| o.status.success()),
+            "moto is not installed: run `{MOTO_INSTALL}` ({check:?})"
+        );
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start moto ({MOTO_INSTALL}): {e}"));
+        let mut moto = Moto { port, child };
+        let started = std::time::Instant::now();
+        loop {
+            if moto.answers() {
+                return moto;
+            }
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                panic!("moto exited at start ({status}): is it installed? {MOTO_INSTALL}");
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "moto did not answer on port {port} within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// True once moto answers an HTTP request.
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        let request = "GET /moto-api/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let mut head = [0u8; 12];
+        stream.write_all(request.as_bytes()).is_ok()
+            && stream.read_exact(&mut head).is_ok()
+            && head.starts_with(b"HTTP/1.")
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// One EC2 call through boto3 (moto's own client; any credentials do), e.g.
+    /// `ec2("eu-west-1", "describe_volumes", json!({}))`; the answer as JSON.
+    pub fn ec2(&self, region: &str, method: &str, params: Value) -> Value {
+        const SCRIPT: &str = "import sys, json, boto3\n\
+            c = boto3.client('ec2', endpoint_url=sys.argv[1], region_name=sys.argv[2],\n\
+                             aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+            r = getattr(c, sys.argv[3])(**json.loads(sys.argv[4]))\n\
+            r.pop('ResponseMetadata', None)\n\
+            print(json.dumps(r, default=str))\n";
+        let output = Command::new("python3")
+            .args(["-c", SCRIPT, &self.endpoint(), region, method])
+            .arg(params.to_string())
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .expect("run python3");
+        assert!(
+            output.status.success(),
+            "boto3 {method} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("boto3 answer is JSON")
+    }
+
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel, never answered.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal moto");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.resume();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP server on 127.0.0.1 that accepts connections and never answers (a hung endpoint).
+/// Stops when dropped.
+pub struct SilentServer {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentServer {
+    pub fn start() -> SilentServer {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        listener.set_nonblocking(true).unwrap();
+        let server = SilentServer {
+            port: listener.local_addr().unwrap().port(),
+            stop: Default::default(),
+        };
+        let stop = server.stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => held.push(stream),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        });
+        server
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -7,11 +7,10 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use std::fmt;
 use std::time::{Duration, SystemTime};
-use wstd::http::{Client, Request};
+use wstd::http::{Body, Client, Request};
 
 /// The EC2 API version every request names.
 const API_VERSION: &str = "2016-11-15";
-const CONTENT_TYPE: &str = "application/x-www-form-urlencoded; charset=utf-8";
 
 /// Why an EC2 call failed.
 #[derive(Debug)]
@@ -136,12 +135,15 @@ impl Ec2 {
             action: action.to_string(),
             detail,
         };
-        let body = form_urlencoded::Serializer::new(String::new())
+        // GET with the parameters in the query, so the request has no body: a request the
+        // host refuses then fails with the host's reason rather than a broken body stream.
+        // The audit records the path only; the signature is in the Authorization header.
+        let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("Action", action)
             .append_pair("Version", API_VERSION)
             .extend_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .finish();
-        let url = self.endpoint.to_string();
+        let url = format!("{}?{query}", self.endpoint);
         let identity = self.credentials.clone().into();
         let signing = v4::SigningParams::builder()
             .identity(&identity)
@@ -152,21 +154,18 @@ impl Ec2 {
             .build()
             .map_err(|e| transport(format!("cannot sign the request: {e}")))?
             .into();
-        let signable = SignableRequest::new(
-            "POST",
-            &url,
-            [("content-type", CONTENT_TYPE)].into_iter(),
-            SignableBody::Bytes(body.as_bytes()),
-        )
-        .map_err(|e| transport(format!("cannot sign the request: {e}")))?;
+        let signable =
+            SignableRequest::new("GET", &url, std::iter::empty(), SignableBody::Bytes(&[]))
+                .map_err(|e| transport(format!("cannot sign the request: {e}")))?;
         let (instructions, _signature) = sign(signable, &signing)
             .map_err(|e| transport(format!("cannot sign the request: {e}")))?
             .into_parts();
-        let mut request = Request::post(&url)
-            .header("content-type", CONTENT_TYPE)
-            .body(body.into_bytes())
+        let mut request = Request::get(&url)
+            // A body that writes nothing (`Body::empty` would still touch the stream).
+            .body(Body::from_stream(futures_lite::stream::empty::<Vec<u8>>()))
             .map_err(|e| transport(format!("invalid request: {e}")))?;
         instructions.apply_to_request_http1x(&mut request);
+        let url = self.endpoint.to_string();
 
         let mut client = Client::new();
         client.set_connect_timeout(self.timeout);
