@@ -340,8 +340,8 @@ pub mod block {
 
 /// Host programs the policy's `[exec]` lists, run without a shell.
 pub mod exec {
-    pub use crate::bindings::flex::volume::exec::Output;
     use crate::bindings::flex::volume::exec as host;
+    pub use crate::bindings::flex::volume::exec::Output;
     use crate::{Result, failure};
 
     /// Runs `program` with `args` and exactly `env` as its environment.
