@@ -574,6 +574,19 @@ fn attach_at_free_device(ec2: &Ec2, volume: &Volume, instance: &str) -> Result<S
             {
                 last_error = Some(e);
             }
+            // A concurrent attach of this volume won: go on with its attachment if it is to
+            // this instance.
+            Err(e) if e.code() == Some("VolumeInUse") || e.code() == Some("IncorrectState") => {
+                let mine = ec2.volume(&volume.id).map_err(ec2_failure)?.and_then(|v| {
+                    v.attachments
+                        .into_iter()
+                        .find(|a| a.instance_id == instance && a.state != "detaching")
+                });
+                return match mine {
+                    Some(a) => Ok(a.device),
+                    None => Err(ec2_failure(e)),
+                };
+            }
             Err(e) => return Err(ec2_failure(e)),
         }
     }
