@@ -1,4 +1,4 @@
-//! A small EC2 Query API client: signed (SigV4) POSTs through `wasi:http` (the host checks
+//! A small EC2 Query API client: signed (SigV4) GETs through `wasi:http` (the host checks
 //! every request against the policy's `[http]` destinations), XML answers parsed into the few
 //! fields the driver needs.
 
