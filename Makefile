@@ -19,7 +19,7 @@ demo: build
 
 # Unit tests, then end-to-end tests through the real binary (needs root: real mounts).
 test: build
-	$(CARGO) test --release -p flex -p flex-tmpfs -p flex-tests --lib --bins --tests
+	$(CARGO) test --release -p flex -p flex-guest-sdk -p flex-tmpfs -p flex-tests --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all --check

@@ -88,6 +88,37 @@ impl Options {
     }
 }
 
+/// Bytes from a size option: plain bytes (`1048576`) or a Kubernetes quantity (`64Mi`, `1G`).
+/// Zero and overflow are errors.
+pub fn parse_quantity(text: &str) -> Result<u64> {
+    let invalid = || {
+        failure(format!(
+            "invalid size {text:?}: expected bytes or a quantity such as 512Mi or 1Gi"
+        ))
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| invalid())?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(invalid()),
+    };
+    number
+        .checked_mul(unit)
+        .filter(|n| *n > 0)
+        .ok_or_else(invalid)
+}
+
 /// The FlexVolume verbs. Each defaults to `Not supported`, which kubelet caches per verb for
 /// the driver's lifetime and then does its own default (see the FlexVolume protocol).
 /// Every verb must be idempotent: kubelet retries everything.
@@ -435,5 +466,28 @@ pub mod filesystem {
             "mounted {device} ({fs_type}) on {device_mount_path}"
         ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_quantity("64Mi").unwrap(), 64 << 20);
+        assert_eq!(parse_quantity("2G").unwrap(), 2_000_000_000);
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "1.5Gi",
+            "10X",
+            "Mi",
+            "99999999999999999999Ti",
+        ] {
+            assert!(parse_quantity(bad).is_err(), "{bad} accepted");
+        }
     }
 }

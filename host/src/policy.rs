@@ -6,6 +6,7 @@
 //! refused. An invalid file (unknown key, wrong type, bad pattern) fails every verb with a
 //! message naming the file; it is never read as a partial grant.
 
+use crate::audit::redact_option;
 use crate::caps::block::BlockGrant;
 use crate::caps::exec::ExecGrant;
 use crate::caps::http::HttpGrant;
@@ -112,7 +113,16 @@ pub fn check_command(file: &str) -> (String, i32) {
     match policy {
         Err(e) => (format!("{e}\n"), 1),
         Ok(policy) => {
-            let grants = serde_json::to_string_pretty(&policy).unwrap_or_default();
+            let mut grants = serde_json::to_value(&policy).unwrap_or_default();
+            // `[config]` may hold a cloud credential: show that the key is set, not its value.
+            if let Some(config) = grants["config"].as_object_mut() {
+                for (key, value) in config.iter_mut() {
+                    if redact_option(&format!("{key}=")) != format!("{key}=") {
+                        *value = "<redacted>".into();
+                    }
+                }
+            }
+            let grants = serde_json::to_string_pretty(&grants).unwrap_or_default();
             (
                 format!("policy {file} is valid; {}\n{grants}\n", summary(&policy)),
                 0,

@@ -137,3 +137,19 @@ fn invalid_capability_tables_fail_every_verb() {
         }
     }
 }
+
+#[test]
+fn policy_check_never_prints_a_credential() {
+    let node = Node::new();
+    let file = node.path("policy/cloud.toml");
+    std::fs::write(
+        &file,
+        "[config]\nendpoint = \"https://ec2.example\"\nsecret_access_key = \"wJalrXUtnFEMI\"\n",
+    )
+    .unwrap();
+    let out = node.run(&flex_binary(), &["policy", "check", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.contains("https://ec2.example"), "{}", out.stdout);
+    assert!(!out.stdout.contains("wJalrXUtnFEMI"), "{}", out.stdout);
+    assert!(out.stdout.contains("<redacted>"), "{}", out.stdout);
+}

@@ -21,6 +21,7 @@
 //! becomes the error message with the tool's stderr.
 
 use super::Patterns;
+use super::mounts::unescape_mountinfo;
 use crate::audit::Audit;
 use crate::bindings::flex::volume::block::Host;
 use nix::libc;
@@ -357,31 +358,8 @@ fn mount_points(major_minor: &str) -> Result<Vec<PathBuf>, String> {
         .lines()
         .map(|line| line.split(' ').collect::<Vec<_>>())
         .filter(|fields| fields.len() > 4 && fields[2] == major_minor)
-        .map(|fields| PathBuf::from(unescape_octal(fields[4])))
+        .map(|fields| PathBuf::from(unescape_mountinfo(fields[4])))
         .collect())
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why a device is in use, if it is: mounted, held by another device (dm, md...), or has

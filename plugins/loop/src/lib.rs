@@ -222,35 +222,8 @@ fn requested_size(options: &Options) -> Result<Option<u64>> {
                 .ok_or_else(|| failure(format!("{key} {text:?} is out of range")));
         }
     }
-    options.get("size").map(parse_size).transpose()
-}
-
-/// Bytes from `1048576`, `64Mi`, `1G`... (Kubernetes quantity suffixes).
-fn parse_size(text: &str) -> Result<u64> {
-    let invalid = || {
-        failure(format!(
-            "invalid size {text:?}: expected bytes or a quantity such as 512Mi or 1Gi"
-        ))
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| invalid())?;
-    let unit: u64 = match suffix {
-        "" => 1,
-        "k" => 1000,
-        "M" => 1000u64.pow(2),
-        "G" => 1000u64.pow(3),
-        "T" => 1000u64.pow(4),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return Err(invalid()),
-    };
-    number
-        .checked_mul(unit)
-        .filter(|n| *n > 0)
-        .ok_or_else(invalid)
+    options
+        .get("size")
+        .map(flex_sdk::parse_quantity)
+        .transpose()
 }

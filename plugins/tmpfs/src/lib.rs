@@ -59,32 +59,10 @@ impl Driver for Tmpfs {
 
 flex_sdk::export_driver!(Tmpfs);
 
-/// Bytes from `1048576`, `64Mi`, `1G`... (Kubernetes quantity suffixes).
+/// The tmpfs size in bytes, within 1 byte to 1Ti.
 fn parse_size(text: &str) -> Result<u64> {
-    let invalid = || {
-        failure(format!(
-            "invalid size {text:?}: expected bytes or a quantity such as 64Mi or 1G"
-        ))
-    };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, suffix) = text.split_at(split);
-    let number: u64 = digits.parse().map_err(|_| invalid())?;
-    let unit: u64 = match suffix {
-        "" => 1,
-        "k" => 1000,
-        "M" => 1000u64.pow(2),
-        "G" => 1000u64.pow(3),
-        "T" => 1000u64.pow(4),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return Err(invalid()),
-    };
-    let size = number.checked_mul(unit).ok_or_else(invalid)?;
-    if size == 0 || size > MAX_SIZE {
+    let size = flex_sdk::parse_quantity(text)?;
+    if size > MAX_SIZE {
         return Err(failure(format!(
             "size {text:?} is out of range: 1 byte to 1Ti"
         )));
