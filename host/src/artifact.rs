@@ -316,6 +316,22 @@ fn remove_stale(current: &Path) {
 mod tests {
     use super::*;
 
+    /// The cache key names the wasmtime the workspace pins. A stale name would be harmless
+    /// (wasmtime rejects the old artifact, which is then rebuilt once) but misleading.
+    #[test]
+    fn engine_key_names_the_pinned_wasmtime() {
+        let manifest = include_str!("../../Cargo.toml");
+        let version = ENGINE_KEY
+            .split("wasmtime ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .expect("wasmtime version in ENGINE_KEY");
+        assert!(
+            manifest.contains(&format!("wasmtime = {{ version = \"={version}\"")),
+            "ENGINE_KEY names wasmtime {version}, the workspace pins another"
+        );
+    }
+
     #[test]
     fn checksum_trailer() {
         let mut bytes = b"artifact".to_vec();
