@@ -13,7 +13,8 @@
 //! The per-call `flex` binary carries no compiler (Cranelift makes it twice the size and its
 //! engine 3× slower to start). Compiling is `flex-compile`, the same crate built with the
 //! `compiler` feature, the same wasmtime and the same [`config`]: the runtime execs it, found
-//! through `FLEX_COMPILER` or beside the running executable, when an artifact is missing.
+//! through `FLEX_COMPILER`, beside the running executable or as `<plugindir>/.flex-compile`
+//! (put there by `flex install`), when an artifact is missing or rejected.
 
 use std::fs;
 use std::hash::Hash;
@@ -31,6 +32,9 @@ const TRAILER_LEN: usize = 16;
 /// The compiler's file name, beside the `flex` executable.
 #[cfg_attr(feature = "compiler", allow(dead_code))] // `flex` with the compiler needs none
 pub const COMPILER: &str = "flex-compile";
+/// The compiler's copy in a plugin dir: a dot-file at the top, which kubelet's prober ignores.
+#[cfg_attr(feature = "compiler", allow(dead_code))]
+pub const PLUGIN_DIR_COMPILER: &str = ".flex-compile";
 
 /// What an artifact is only valid for, besides the component file (see the module docs).
 /// wasmtime rejects a mismatch by itself; the key only makes a rebuild happen up front.
@@ -130,16 +134,25 @@ fn compile(
     }
 }
 
+/// `FLEX_COMPILER`, else `flex-compile` beside the running executable, else the copy
+/// `flex install` keeps in the plugin dir (`<plugindir>/.flex-compile`, for installed drivers:
+/// `<plugindir>/<vendor~driver>/<driver>`), so an installed driver can rebuild a rejected
+/// artifact by itself, e.g. after a node's CPU changed.
 #[cfg(not(feature = "compiler"))]
-fn compiler_path() -> Result<PathBuf, String> {
+pub fn compiler_path() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("FLEX_COMPILER") {
         return Ok(path.into());
     }
     let exe = std::env::current_exe().map_err(|e| format!("find the flex executable: {e}"))?;
     let beside = exe.with_file_name(COMPILER);
-    match beside.is_file() {
-        true => Ok(beside),
-        false => Err(format!(
+    let in_plugin_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|plugin_dir| plugin_dir.join(PLUGIN_DIR_COMPILER));
+    let candidates = [Some(beside.clone()), in_plugin_dir];
+    match candidates.into_iter().flatten().find(|path| path.is_file()) {
+        Some(path) => Ok(path),
+        None => Err(format!(
             "the component has no compiled artifact and there is no compiler to build one \
              ({} is missing): reinstall the driver with `flex install`, which precompiles it, \
              or set FLEX_COMPILER",

@@ -21,6 +21,7 @@ pub fn install(args: &[String]) -> Result<String, String> {
     let driver = driver_of(name)?;
     let staging = plugin_dir.join(format!(".{name}.staging-{}", std::process::id()));
     let result = stage(&staging, driver, Path::new(component))
+        .and_then(|()| install_compiler(&plugin_dir))
         .and_then(|()| install_policy(name, policy_file.as_deref()))
         .and_then(|()| swap_in(&staging, &plugin_dir.join(name)));
     let _ = fs::remove_dir_all(&staging); // the half-built or the replaced driver
@@ -41,6 +42,9 @@ pub fn uninstall(args: &[String]) -> Result<String, String> {
         other => other.map_err(|e| format!("uninstall {name}: {e}"))?,
     }
     fs::remove_dir_all(&removing).map_err(|e| format!("remove {}: {e}", removing.display()))?;
+    if installed_drivers(&plugin_dir)?.is_empty() {
+        let _ = fs::remove_file(plugin_dir.join(artifact::PLUGIN_DIR_COMPILER));
+    }
     Ok(format!(
         "uninstalled {name}; its policy stays in {}\n",
         policy::policy_path(name).display()
@@ -51,21 +55,10 @@ pub fn uninstall(args: &[String]) -> Result<String, String> {
 pub fn list(args: &[String]) -> Result<String, String> {
     use sha2::{Digest, Sha256};
     let (plugin_dir, _, _) = parse_args(args)?;
-    let entries =
-        fs::read_dir(&plugin_dir).map_err(|e| format!("{}: {e}", plugin_dir.display()))?;
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with('.'))
-        .collect();
-    names.sort();
     let mut out = String::new();
-    for name in names {
-        let Ok(driver) = driver_of(&name) else {
+    for (name, component) in installed_drivers(&plugin_dir)? {
+        let Ok(component) = fs::read(component) else {
             continue;
-        };
-        let Ok(component) = fs::read(plugin_dir.join(&name).join(format!("{driver}.wasm"))) else {
-            continue; // not a flex driver
         };
         let digest: String = Sha256::digest(&component)
             .iter()
@@ -79,6 +72,25 @@ pub fn list(args: &[String]) -> Result<String, String> {
         out.push_str(&format!("{name}\tsha256:{digest}\t{policy}\n"));
     }
     Ok(out)
+}
+
+/// The flex drivers in a plugin dir, sorted: `vendor~driver` directories holding
+/// `<driver>.wasm`, with that component's path.
+fn installed_drivers(plugin_dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let entries = fs::read_dir(plugin_dir).map_err(|e| format!("{}: {e}", plugin_dir.display()))?;
+    let mut drivers: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .filter_map(|name| {
+            let component = plugin_dir
+                .join(&name)
+                .join(format!("{}.wasm", driver_of(&name).ok()?));
+            component.is_file().then_some((name, component))
+        })
+        .collect();
+    drivers.sort();
+    Ok(drivers)
 }
 
 fn parse_args(args: &[String]) -> Result<(PathBuf, Vec<String>, Option<String>), String> {
@@ -128,6 +140,34 @@ fn stage(staging: &Path, driver: &str, component: &Path) -> Result<(), String> {
     fs::copy(component, &installed).map_err(|e| io(&component.display().to_string(), e))?;
     let engine = runtime::engine()?;
     artifact::load(&engine, &installed).map(|_| ())
+}
+
+/// Keeps a copy of the compiler in the plugin dir, so an installed driver whose artifact is
+/// rejected later (a new CPU, a damaged file) rebuilds it instead of failing every call.
+/// (A `flex` built with the `compiler` feature compiles in process and needs no copy.)
+#[cfg(feature = "compiler")]
+fn install_compiler(_plugin_dir: &Path) -> Result<(), String> {
+    Ok(())
+}
+
+#[cfg(not(feature = "compiler"))]
+fn install_compiler(plugin_dir: &Path) -> Result<(), String> {
+    let compiler = artifact::compiler_path()?;
+    let target = plugin_dir.join(artifact::PLUGIN_DIR_COMPILER);
+    if compiler == target {
+        return Ok(());
+    }
+    let temp = plugin_dir.join(format!(
+        "{}.tmp{}",
+        artifact::PLUGIN_DIR_COMPILER,
+        std::process::id()
+    ));
+    fs::copy(&compiler, &temp)
+        .and_then(|_| fs::rename(&temp, &target))
+        .map_err(|e| {
+            let _ = fs::remove_file(&temp);
+            format!("install the compiler as {}: {e}", target.display())
+        })
 }
 
 fn install_policy(name: &str, file: Option<&str>) -> Result<(), String> {

@@ -36,7 +36,12 @@ fn install_upgrade_and_uninstall() {
     };
     let out = install(&tmpfs);
     assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out:?}");
-    assert_eq!(listing(&plugins), ["acme~tmpfs"], "no staging leftovers");
+    // The compiler's copy is a top-level dot-file: kubelet's prober ignores it.
+    assert_eq!(
+        listing(&plugins),
+        [".flex-compile", "acme~tmpfs"],
+        "no staging leftovers"
+    );
     let dir = plugins.join("acme~tmpfs");
     let files = listing(&dir);
     assert_eq!(files.len(), 3, "{files:?}");
@@ -53,6 +58,15 @@ fn install_upgrade_and_uninstall() {
     assert!(
         !node.log().contains("compiled"),
         "the first call used the installed artifact"
+    );
+    // A lost (or, after a CPU change, rejected) artifact is rebuilt by the installed driver
+    // itself, with the plugin dir's compiler.
+    std::fs::remove_file(dir.join(&files[0])).unwrap();
+    node.run(&dir.join("tmpfs"), &["init"]).success();
+    assert!(node.log().contains("compiled"), "{}", node.log());
+    assert!(
+        dir.join(&files[0]).is_file(),
+        "the artifact was written again"
     );
 
     // Upgrade while kubelet keeps calling: every call sees a whole driver, old or new.
@@ -82,7 +96,7 @@ fn install_upgrade_and_uninstall() {
         1,
         "no stale artifact"
     );
-    assert_eq!(listing(&plugins), ["acme~tmpfs"]);
+    assert_eq!(listing(&plugins), [".flex-compile", "acme~tmpfs"]);
 
     let out = node.run(
         &flex,
@@ -94,7 +108,10 @@ fn install_upgrade_and_uninstall() {
         ],
     );
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(listing(&plugins).is_empty());
+    assert!(
+        listing(&plugins).is_empty(),
+        "the last driver takes the compiler with it"
+    );
 }
 
 #[test]
