@@ -563,3 +563,20 @@ impl Drop for SilentServer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// kubelet's part when `mount` answers Not supported: bind-mount the device mount path onto
+/// the pod directory (protocol notes §4.9); on `unmount` Not supported, unmount it.
+pub fn kubelet_bind(from: &Path, to: &Path) {
+    nix::mount::mount(
+        Some(from),
+        to,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+pub fn kubelet_unbind(dir: &Path) {
+    nix::mount::umount(dir).unwrap();
+}

@@ -254,21 +254,6 @@ impl Drop for EbsNode {
     }
 }
 
-fn kubelet_bind(from: &Path, to: &Path) {
-    nix::mount::mount(
-        Some(from),
-        to,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .unwrap();
-}
-
-fn kubelet_unbind(path: &Path) {
-    nix::mount::umount(path).unwrap();
-}
-
 #[test]
 fn lifecycle() {
     let n = EbsNode::new();

@@ -125,23 +125,6 @@ impl Drop for LoopNode {
     }
 }
 
-/// kubelet's part when `mount` answers Not supported: bind-mount the device mount path onto
-/// the pod directory (protocol notes §4.9), and on `unmount` Not supported, unmount it.
-fn kubelet_bind(from: &Path, to: &Path) {
-    nix::mount::mount(
-        Some(from),
-        to,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .unwrap();
-}
-
-fn kubelet_unbind(dir: &Path) {
-    nix::mount::umount(dir).unwrap();
-}
-
 fn fs_bytes(path: &Path) -> u64 {
     let stat = nix::sys::statvfs::statvfs(path).unwrap();
     stat.blocks() * stat.fragment_size()
