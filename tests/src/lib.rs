@@ -157,6 +157,30 @@ impl Node {
         .unwrap();
     }
 
+    /// kubelet's device mount path of a PV for `vendor~driver`, created as kubelet does before
+    /// `mountdevice` (the driver name is not escaped there: protocol notes §4).
+    pub fn device_mount_path(&self, vendor_driver: &str, pv: &str) -> PathBuf {
+        let path = self
+            .path("kubelet/plugins/kubernetes.io/flexvolume")
+            .join(vendor_driver.replace('~', "/"))
+            .join("mounts")
+            .join(pv);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    /// A pod's volume directory for `vendor~driver`, created as kubelet does before `mount`.
+    pub fn volume_dir(&self, vendor_driver: &str, pod: &str, volume: &str) -> PathBuf {
+        let path = self
+            .path("kubelet/pods")
+            .join(pod)
+            .join("volumes")
+            .join(vendor_driver)
+            .join(volume);
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    }
+
     /// A pod volume directory as kubelet creates it before `mount`.
     pub fn pod_dir(&self, name: &str) -> PathBuf {
         let dir = self.path("pods").join(name).join("volumes/flex~tmpfs/vol");
@@ -194,15 +218,17 @@ impl Default for Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // A failed test must not leave mounts behind (deepest first).
-        let mut leftovers: Vec<_> = mounts_under(self.root.path())
-            .into_iter()
-            .map(|m| m.path)
-            .collect();
-        leftovers.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        for path in leftovers {
-            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
-        }
+        // A failed test must not leave mounts behind.
+        unmount_all_under(self.root.path());
+    }
+}
+
+/// Detaches every mount under `root`, deepest first (test cleanup; errors ignored).
+pub fn unmount_all_under(root: &Path) {
+    let mut leftovers: Vec<_> = mounts_under(root).into_iter().map(|m| m.path).collect();
+    leftovers.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for path in leftovers {
+        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -139,23 +139,11 @@ impl EbsNode {
 
     /// kubelet's device mount path for a PV, created as kubelet does before `mountdevice`.
     fn device_mount_path(&self, pv: &str) -> PathBuf {
-        let path = self
-            .node
-            .path("kubelet/plugins/kubernetes.io/flexvolume/flex/ebs/mounts")
-            .join(pv);
-        std::fs::create_dir_all(&path).unwrap();
-        path
+        self.node.device_mount_path("flex~ebs", pv)
     }
 
     fn pod_dir(&self, pod: &str, volume: &str) -> PathBuf {
-        let path = self
-            .node
-            .path("kubelet/pods")
-            .join(pod)
-            .join("volumes/flex~ebs")
-            .join(volume);
-        std::fs::create_dir_all(&path).unwrap();
-        path
+        self.node.volume_dir("flex~ebs", pod, volume)
     }
 
     /// The hypervisor's part: the disk `image` appears at `device` (a loop device behind a
@@ -237,14 +225,7 @@ fn remove_disk(node: &Path, loop_device: &str) {
 impl Drop for EbsNode {
     fn drop(&mut self) {
         // Mounts first (deepest first), then the disks, then the device directory.
-        let mut leftovers: Vec<_> = mounts_under(&self.node.path(""))
-            .into_iter()
-            .map(|m| m.path)
-            .collect();
-        leftovers.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        for path in leftovers {
-            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_all_under(&self.node.path(""));
         let disks = std::mem::take(&mut *self.disks.lock().unwrap_or_else(|e| e.into_inner()));
         for (node, loop_device) in disks {
             remove_disk(&node, &loop_device);

@@ -118,13 +118,7 @@ fn host_files_are_out_of_reach() {
 #[test]
 fn infinite_loop_is_cut_off_at_the_policy_deadline() {
     let (node, driver) = hostile_node();
-    node.set_policy(
-        "test~hostile",
-        &format!(
-            "{}\n[limits]\ndeadline_seconds = 1\n",
-            shipped_policy("tmpfs")
-        ),
-    );
+    with_policy(&node, "[limits]\ndeadline_seconds = 1");
     let started = std::time::Instant::now();
     let message = attack(&node, &driver, "loop", &[]).failure();
     assert!(message.contains("did not finish within 1s"), "{message}");

@@ -38,24 +38,12 @@ impl LoopNode {
 
     /// kubelet's device mount path for a PV, created as kubelet does before `mountdevice`.
     fn device_mount_path(&self, pv: &str) -> PathBuf {
-        let path = self
-            .node
-            .path("kubelet/plugins/kubernetes.io/flexvolume/flex/loop/mounts")
-            .join(pv);
-        std::fs::create_dir_all(&path).unwrap();
-        path
+        self.node.device_mount_path("flex~loop", pv)
     }
 
     /// A pod's volume directory, created as kubelet does before `mount`.
     fn pod_dir(&self, pod: &str, volume: &str) -> PathBuf {
-        let path = self
-            .node
-            .path("kubelet/pods")
-            .join(pod)
-            .join("volumes/flex~loop")
-            .join(volume);
-        std::fs::create_dir_all(&path).unwrap();
-        path
+        self.node.volume_dir("flex~loop", pod, volume)
     }
 
     fn provision(&self, pv: &str, bytes: u64) {
@@ -113,14 +101,7 @@ impl LoopNode {
 
 impl Drop for LoopNode {
     fn drop(&mut self) {
-        let mut leftovers: Vec<_> = mounts_under(&self.node.path(""))
-            .into_iter()
-            .map(|m| m.path)
-            .collect();
-        leftovers.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        for path in leftovers {
-            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_all_under(&self.node.path(""));
         detach_loop_devices_under(&self.images());
     }
 }
