@@ -23,7 +23,7 @@ pub struct Audit {
     pub dry_run: bool,
 }
 
-pub enum Decision<'a> {
+enum Decision<'a> {
     Allow {
         rule: &'a str,
     },
@@ -51,7 +51,7 @@ impl Audit {
         }
     }
 
-    pub fn record(
+    fn record(
         &self,
         operation: &str,
         args: Value,

@@ -166,11 +166,12 @@ impl WasiHttpHooks for Http {
             .as_ref()
             .map(|(_, rule)| rule.clone())
             .map_err(Clone::clone);
-        let sent = self.audit.run("http", args, rule, || Ok(true));
-        let address = match (sent, authorized) {
-            (Ok(true), Ok((address, _))) => address,
-            (Ok(_), _) => return refused("dry run: the request was not sent".into()),
-            (Err(reason), _) => return refused(reason),
+        // The address to send to; `None` in a dry run, which performs nothing.
+        let checked = authorized.ok().map(|(address, _)| address);
+        let address = match self.audit.run("http", args, rule, || Ok(checked)) {
+            Ok(Some(address)) => address,
+            Ok(None) => return refused("dry run: the request was not sent".into()),
+            Err(reason) => return refused(reason),
         };
         if scheme == "http" {
             // Connect to the address that was checked, not to a second DNS answer. (For
