@@ -17,7 +17,10 @@ build:
 
 # A tmpfs volume's lifecycle, exec'd exactly as kubelet does it (needs root).
 # The demo copies `flex` alone into its plugin dir: its first call finds the compiler here.
-demo: export FLEX_COMPILER = $(CURDIR)/target/release/flex-compile
+# CARGO_TARGET_DIR is honoured (the demo looks for the binaries there).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+demo: export FLEX_COMPILER = $(TARGET_DIR)/release/flex-compile
+demo: export FLEX_TARGET_DIR = $(TARGET_DIR)
 demo: build
 	scripts/demo.sh
 
@@ -30,7 +33,12 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target wasm32-wasip2 $(GUESTS) -p flex-guest-sdk -- -D warnings
 
-# Per-call latency against /bin/true, same run (prints a table).
+# Per-call latency against /bin/true, native Rust, bash+jq and the flex of BENCH_BASELINE_REV
+# (the release before the capability layer v2), all in the same run (prints tables). The
+# baseline is built once into target/bench-baseline from a git worktree.
+BENCH_BASELINE_REV ?= f8468e2
+BENCH_BASELINE := $(CURDIR)/target/bench-baseline/$(BENCH_BASELINE_REV)
 bench: build
 	$(CARGO) build --release -p flex-native-tmpfs
-	$(CARGO) run --release -p flex-tests --bin bench -- 200
+	scripts/build-baseline.sh $(BENCH_BASELINE_REV) $(BENCH_BASELINE)
+	FLEX_BENCH_BASELINE=$(BENCH_BASELINE)/flex $(CARGO) run --release -p flex-tests --bin bench -- 200

@@ -4,8 +4,10 @@
 //! [`Driver::init`], which must report the driver's capabilities. Privileged work (mounting and
 //! so on) goes through the host, which checks it against the node's policy, in the modules
 //! [`mounts`], [`block`], [`exec`], [`config`] and [`log`]; HTTP goes through `wasi:http`
-//! (for example with the `wstd` crate) and files through `std::fs` under `/state`. A driver never prints: kubelet reads stdout and stderr together as
-//! the reply, so diagnostics go through [`log`].
+//! (for example with the `wstd` crate) and files through `std::fs` under `/state`. Block
+//! drivers get [`filesystem::mount_device`] for `mountdevice` and [`pod`] for `mount`/`unmount`
+//! (see [`pod`] for why a driver should bind into the pod itself). A driver never prints:
+//! kubelet reads stdout and stderr together as the reply, so diagnostics go through [`log`].
 //!
 //! ```ignore
 //! use flex_sdk::{mounts, Capabilities, Driver, Options, Result};
@@ -289,7 +291,10 @@ pub mod mounts {
             self.0.fs_type = fs_type.into();
             self
         }
-        /// One mount option: a flag such as `nosuid`, or file system data such as `size=64m`.
+        /// One mount option: a flag such as `ro`, or a file system parameter such as
+        /// `size=64m`. The host splits every option on commas and checks each piece against
+        /// the policy, and always adds the options the policy requires (`nosuid,nodev` by
+        /// default), so a driver never needs to pass those and can never turn them off.
         pub fn option(mut self, option: impl Into<String>) -> Self {
             self.0.options.push(option.into());
             self
@@ -369,13 +374,17 @@ pub mod block {
     }
 }
 
-/// Host programs the policy's `[exec]` lists, run without a shell.
+/// Host programs the policy's `[[exec.programs]]` grants, run without a shell: the exact
+/// path, argument vectors the grant spells (per-position patterns; flags only where a pattern
+/// names them) and the environment variable names it lists. Everything the program starts is
+/// killed with the call.
 pub mod exec {
     use crate::bindings::flex::volume::exec as host;
     pub use crate::bindings::flex::volume::exec::Output;
     use crate::{Result, failure};
 
-    /// Runs `program` with `args` and exactly `env` as its environment.
+    /// Runs `program` with `args` and `env` (plus the host's fixed `PATH`) as its environment;
+    /// anything the policy does not grant is a `Failure` before the program starts.
     pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let env: Vec<(String, String)> = env
@@ -469,9 +478,64 @@ pub mod filesystem {
     }
 }
 
+pub mod kubelet;
+
+/// The pod-side half of an attachable volume: `mount` and `unmount` for a driver whose
+/// `mountdevice` mounted the device at kubelet's device mount path.
+///
+/// Why a driver should do this itself rather than answer `mount` with `Not supported`:
+/// kubelet's own fallback bind mount carries neither `nosuid` nor `nodev`, so a device mount
+/// hardened with them would reach the pod without them. The host allows exactly this bind
+/// (the volume's own device mount path onto the pod directory of this call) without any
+/// `[mount]` grant, and applies the policy's required options to it.
+pub mod pod {
+    use crate::{Result, failure, kubelet, mounts};
+
+    /// Binds the volume's device mount path onto `target_dir` with `nosuid,nodev` (and `ro`
+    /// when `read_only`). Already mounted is success.
+    pub fn bind_device_mount(target_dir: &str, read_only: bool) -> Result<()> {
+        if mounts::is_mountpoint(target_dir)? {
+            return Ok(());
+        }
+        let source = kubelet::device_mount_path(target_dir).ok_or_else(|| {
+            failure(format!(
+                "{target_dir} is not a kubelet pod volume directory"
+            ))
+        })?;
+        mounts::Mount::bind(&source, target_dir)
+            .option("nosuid")
+            .option("nodev")
+            .read_only(read_only)
+            .mount()
+    }
+
+    /// Unmounts the pod's bind mount; not mounted is success. kubelet removes the directory.
+    pub fn unbind(target_dir: &str) -> Result<()> {
+        if mounts::is_mountpoint(target_dir)? {
+            mounts::unmount(target_dir)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_mount_paths() {
+        assert_eq!(
+            kubelet::device_mount_path("/k/pods/u/volumes/a~b/v").as_deref(),
+            Some("/k/plugins/kubernetes.io/flexvolume/a/b/mounts/v")
+        );
+        for bad in [
+            "/k/pods/u/volumes/ab/v",
+            "/pods/u/volumes",
+            "/k/../pods/u/volumes/a~b/v",
+        ] {
+            assert_eq!(kubelet::device_mount_path(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn quantities() {

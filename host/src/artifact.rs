@@ -1,33 +1,60 @@
 //! The native code cache: a component is compiled once (by `flex install`, or by its first
-//! call) and every later call maps the compiled artifact straight from disk
-//! (`Component::deserialize_file`).
+//! call) and every later call maps the compiled artifact (`Component::deserialize_file`).
 //!
-//! The artifact sits beside the component as `.<file>.<key>.cwasm`. The leading dot matters:
-//! kubelet's prober ignores dot-files, so caching never makes it re-run `init`. The key hashes
-//! the engine's identity (flex and wasmtime versions, `Config`) with the component file's
-//! identity (device, inode, size, mtime, ctime), so a new component gets a fresh artifact;
-//! wasmtime itself rejects an artifact from another wasmtime build, `Config` or CPU, which is
-//! then rebuilt. Each artifact ends with a checksum of its contents: a damaged file is
-//! detected, deleted and rebuilt, never executed.
+//! An artifact is native code that runs outside the sandbox, so it only ever comes from one
+//! root-only directory, `FLEX_CACHE_DIR` (default `/var/cache/flex/artifacts`, created `0700`),
+//! never from the plugin dir (which containers and the kube-controller-manager share) nor from
+//! a component's own directory. The cache is walked from `/` one `openat(O_NOFOLLOW)` at a time:
+//! every directory must be owned by root (or the caller's euid) and not writable by group or
+//! others (an ancestor may be sticky, like `/tmp`), the cache dir itself owned by the euid. An
+//! artifact is opened relative to that directory, `O_NOFOLLOW`, and checked on the descriptor
+//! (a regular file, owned by the euid, not group/other-writable) before it is mapped; anything
+//! else is removed and rebuilt, and logged.
+//!
+//! An artifact is bound to the bytes it was compiled from: `flex-compile` reads the component
+//! once, hashes those bytes (sha256) and compiles those same bytes, and records the digest in a
+//! fixed-size trailer with the component's identity and the engine key. The cache is indexed by
+//! the identity of the opened component (device, inode, size, mtime, ctime, with nanoseconds)
+//! and the engine key, so a component changed in place (new ctime) is compiled again. A call
+//! reads only the trailer: a policy's `digest` pin is compared with the recorded digest, so it
+//! holds because what runs is what was hashed, and per-call work does not grow with the
+//! component's size. Integrity comes from the root-only directory and write + fsync + rename;
+//! the body checksum in the trailer is verified when an artifact is written, not per call.
+//! Truncated or foreign files fail the trailer check, and wasmtime's own header check rejects
+//! an artifact of another wasmtime build, `Config` or CPU; such an artifact is rebuilt.
+//!
+//! The trailer is trusted because only root writes the cache: an artifact recorded for another
+//! component file is rebuilt, one whose recorded digest differs from the pin fails the call
+//! (and is kept: the component really has that digest, rebuilding would not change it). Only
+//! root can set a ctime, and the kernel (6.13+ multigrain timestamps) gives a change made right
+//! after a `stat` a distinct one, so a component cannot change without changing its key.
+//!
+//! Concurrent first calls of a component wait on one `flock` in the cache dir: one compiles,
+//! the others load its artifact. Garbage is bounded: compiling removes the other artifacts of
+//! the same component inode (older contents, other engines) and leftovers of crashed compiles,
+//! then the oldest artifacts beyond [`MAX_ARTIFACTS`] or [`MAX_CACHE_BYTES`]; `flex install`
+//! and `flex uninstall` remove the artifacts of the component they replace or remove.
 //!
 //! The per-call `flex` binary carries no compiler (Cranelift makes it twice the size and its
 //! engine 3× slower to start). Compiling is `flex-compile`, the same crate built with the
 //! `compiler` feature, the same wasmtime and the same [`config`]: the runtime execs it, found
 //! through `FLEX_COMPILER`, beside the running executable or as `<plugindir>/.flex-compile`
-//! (put there by `flex install`), when an artifact is missing or rejected.
+//! (put there by `flex install`), with the opened component as stdin and the checked cache
+//! directory as an inherited descriptor.
 
-use std::fs;
-use std::hash::Hash;
-#[cfg(feature = "compiler")]
-use std::io::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag, openat};
+use nix::sys::stat::{Mode, fstat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component as PathPart, Path, PathBuf};
+use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
-
-const TRAILER_MAGIC: &[u8; 8] = b"flexsum1";
-const TRAILER_LEN: usize = 16;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 /// The compiler's file name, beside the `flex` executable.
 #[cfg_attr(feature = "compiler", allow(dead_code))] // `flex` with the compiler needs none
@@ -36,12 +63,24 @@ pub const COMPILER: &str = "flex-compile";
 #[cfg_attr(feature = "compiler", allow(dead_code))]
 pub const PLUGIN_DIR_COMPILER: &str = ".flex-compile";
 
-/// What an artifact is only valid for, besides the component file (see the module docs).
+pub const CACHE_DIR_ENV: &str = "FLEX_CACHE_DIR";
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/flex/artifacts";
+/// Components larger than this are refused (the compiler reads one into memory).
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+/// The cache keeps at most this many artifacts and bytes; compiling evicts the oldest.
+pub const MAX_ARTIFACTS: usize = 64;
+pub const MAX_CACHE_BYTES: u64 = 4 << 30;
+/// A compile is killed after this long, and a call waits at most a little longer for the
+/// compile lock: a component that takes Cranelift longer is refused.
+pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
+const LOCK_FILE: &str = ".compile.lock";
+
+/// What an artifact is only valid for, besides the component's identity (see the module docs).
 /// wasmtime rejects a mismatch by itself; the key only makes a rebuild happen up front.
-const ENGINE_KEY: &str = concat!(
+pub const ENGINE_KEY: &str = concat!(
     "flex ",
     env!("CARGO_PKG_VERSION"),
-    "; wasmtime 48.0.8; epoch_interruption"
+    "; wasmtime 48.0.8; epoch_interruption; artifact v2"
 );
 
 /// The one engine configuration: the compiler and the runtime must agree on it, or wasmtime
@@ -52,86 +91,633 @@ pub fn config() -> Config {
     config
 }
 
-/// Where a component came from this call, for the log.
-pub enum Source {
-    Cached,
-    Compiled,
+/// sha256 of the exact component bytes an artifact was compiled from.
+pub type Digest = [u8; 32];
+
+pub fn digest_string(digest: &Digest) -> String {
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
-pub fn load(engine: &Engine, component: &Path) -> Result<(Component, Source, Vec<String>), String> {
-    let mut notes = Vec::new();
-    let meta = fs::metadata(component)
-        .map_err(|e| format!("driver component {}: {e}", component.display()))?;
-    let artifact = artifact_path(component, &meta);
-    match load_cached(engine, &artifact) {
-        Ok(Some(loaded)) => return Ok((loaded, Source::Cached, notes)),
-        Ok(None) => {}
-        Err(problem) => {
-            notes.push(format!(
+/// What loading did besides mapping an artifact, for the log (also when it then failed).
+pub enum Note {
+    Info(String),
+    Error(String),
+}
+
+/// Loads the artifact of the component at `path`, compiling it first if the cache has none.
+/// `accept` sees the digest the artifact records before anything of it is mapped: the policy's
+/// pin. Its error fails the call.
+pub fn load(
+    engine: &Engine,
+    path: &Path,
+    accept: &dyn Fn(&Digest) -> Result<(), String>,
+    notes: &mut Vec<Note>,
+) -> Result<Component, String> {
+    let (component, identity) = open_component(path)?;
+    let cache = Cache::open()?;
+    let name = identity.file_name();
+    let artifact = cache.path.join(&name);
+    if let Found::Loaded(loaded) = cache.lookup(engine, &identity, accept)? {
+        return Ok(loaded);
+    }
+    let _lock = cache.lock()?;
+    // A concurrent call may have compiled it while this one waited for the lock.
+    match cache.lookup(engine, &identity, accept)? {
+        Found::Loaded(loaded) => {
+            notes.push(Note::Info(format!(
+                "loaded {}, compiled by a concurrent call of {}",
+                artifact.display(),
+                path.display()
+            )));
+            return Ok(loaded);
+        }
+        Found::Missing => {}
+        Found::Discard(problem) => {
+            notes.push(Note::Error(format!(
                 "discarding artifact {}: {problem}",
                 artifact.display()
-            ));
-            let _ = fs::remove_file(&artifact);
+            )));
+            cache.remove(&name);
         }
     }
-    let compiled = compile(engine, component, &artifact, &mut notes)?;
-    Ok((compiled, Source::Compiled, notes))
-}
-
-/// The compiler build: compiles in process; a read-only plugin dir still works, just without
-/// the cache.
-#[cfg(feature = "compiler")]
-fn compile(
-    engine: &Engine,
-    component: &Path,
-    artifact: &Path,
-    notes: &mut Vec<String>,
-) -> Result<Component, String> {
-    let compiled = compile_component(engine, component)?;
-    match store(&compiled, artifact) {
-        Ok(()) => remove_stale(artifact),
-        Err(e) => notes.push(format!("cannot cache artifact {}: {e}", artifact.display())),
+    compile(engine, &component, &cache)?;
+    cache.collect(&identity);
+    let changed = || {
+        format!(
+            "driver component {} changed while it was compiled: try again",
+            path.display()
+        )
+    };
+    if !cache.verify_checksum(&name)? {
+        return Err(changed());
+    }
+    notes.push(Note::Info(format!(
+        "compiled {} into {}",
+        path.display(),
+        artifact.display()
+    )));
+    let compiled = match cache.lookup(engine, &identity, accept)? {
+        Found::Loaded(compiled) => compiled,
+        Found::Missing => return Err(changed()),
+        Found::Discard(problem) => {
+            return Err(format!(
+                "the artifact {} just compiled from {} does not load: {problem}",
+                artifact.display(),
+                path.display()
+            ));
+        }
+    };
+    // Removed meanwhile (an upgrade or uninstall, which forgets its artifacts after removing
+    // it): this call still runs it, mapped; nobody will call it again.
+    if component.metadata().is_ok_and(|m| m.nlink() == 0) {
+        cache.remove(&name);
     }
     Ok(compiled)
 }
 
-/// The runtime build: `flex-compile COMPONENT ARTIFACT` writes the artifact, then it is
-/// loaded like any cached one.
+/// A component file's device and inode: what `forget` removes the artifacts of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inode {
+    dev: u64,
+    ino: u64,
+}
+
+impl Inode {
+    /// The file at `path`, if there is one (for `flex install` / `uninstall`).
+    pub fn of(path: &Path) -> Option<Inode> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Inode {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    fn prefix(self) -> String {
+        format!("{:x}-{:x}-", self.dev, self.ino)
+    }
+}
+
+/// Removes every artifact of a component that is gone (replaced by `flex install`, removed by
+/// `flex uninstall`): call it after the component's last link is removed.
+pub fn forget(inode: Inode) -> Result<(), String> {
+    let cache = Cache::open()?;
+    let _lock = cache.lock()?;
+    let prefix = inode.prefix();
+    for name in cache.names() {
+        if name.starts_with(&prefix) && name.ends_with(".cwasm") {
+            cache.remove(&name);
+        }
+    }
+    Ok(())
+}
+
+/// The component's identity, from `fstat` of the opened file: the cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity([u64; 7]);
+
+impl Identity {
+    const LEN: usize = 7 * 8;
+
+    fn of(meta: &std::fs::Metadata) -> Identity {
+        Identity([
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime() as u64,
+            meta.mtime_nsec() as u64,
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+        ])
+    }
+
+    fn inode(&self) -> Inode {
+        Inode {
+            dev: self.0[0],
+            ino: self.0[1],
+        }
+    }
+
+    fn bytes(&self) -> [u8; Identity::LEN] {
+        let mut out = [0; Identity::LEN];
+        for (chunk, value) in out.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Identity {
+        let mut values = [0; 7];
+        for (value, chunk) in values.iter_mut().zip(bytes.chunks_exact(8)) {
+            *value = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        }
+        Identity(values)
+    }
+
+    /// `<dev>-<ino>-<key>.cwasm`: the inode part lets a compile find the stale artifacts of
+    /// the same file; the key hashes the whole identity with the engine key.
+    fn file_name(&self) -> String {
+        let mut keyed = ENGINE_KEY.as_bytes().to_vec();
+        keyed.extend_from_slice(&self.bytes());
+        format!("{}{:032x}.cwasm", self.inode().prefix(), xxh3_128(&keyed))
+    }
+}
+
+/// The fixed-size end of every artifact, after wasmtime's own bytes (which it ignores):
+/// digest, identity, engine hash, body checksum, body length, magic.
+#[derive(Debug)]
+struct Trailer {
+    digest: Digest,
+    identity: Identity,
+    engine: u64,
+    checksum: u64,
+    body_len: u64,
+}
+
+const MAGIC: &[u8; 8] = b"flexart2";
+const TRAILER_LEN: usize = 32 + Identity::LEN + 8 + 8 + 8 + 8;
+
+impl Trailer {
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+    fn encode(&self) -> [u8; TRAILER_LEN] {
+        let mut out = [0; TRAILER_LEN];
+        let parts: [&[u8]; 6] = [
+            &self.digest,
+            &self.identity.bytes(),
+            &self.engine.to_le_bytes(),
+            &self.checksum.to_le_bytes(),
+            &self.body_len.to_le_bytes(),
+            MAGIC,
+        ];
+        let mut at = 0;
+        for part in parts {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8; TRAILER_LEN]) -> Result<Trailer, String> {
+        if &bytes[TRAILER_LEN - 8..] != MAGIC {
+            return Err("not a flex artifact (no trailer): truncated or foreign".into());
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8"));
+        let id_end = 32 + Identity::LEN;
+        Ok(Trailer {
+            digest: bytes[..32].try_into().expect("32 bytes"),
+            identity: Identity::from_bytes(&bytes[32..id_end]),
+            engine: u64_at(id_end),
+            checksum: u64_at(id_end + 8),
+            body_len: u64_at(id_end + 16),
+        })
+    }
+}
+
+fn engine_hash() -> u64 {
+    xxh3_64(ENGINE_KEY.as_bytes())
+}
+
+/// Opens the component once; its descriptor is what is identified and, if need be, compiled.
+/// `O_NONBLOCK`: a FIFO planted in its place must not hang the call before `fstat` refuses it.
+fn open_component(path: &Path) -> Result<(File, Identity), String> {
+    let problem = |e: &dyn std::fmt::Display| format!("driver component {}: {e}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
+        .open(path)
+        .map_err(|e| problem(&e))?;
+    let meta = file.metadata().map_err(|e| problem(&e))?;
+    if !meta.is_file() {
+        return Err(problem(&"not a regular file"));
+    }
+    if meta.size() > MAX_COMPONENT_BYTES {
+        return Err(problem(&format!(
+            "{} bytes, more than the {} a component may have",
+            meta.size(),
+            MAX_COMPONENT_BYTES
+        )));
+    }
+    Ok((file, Identity::of(&meta)))
+}
+
+/// `FLEX_CACHE_DIR`; else `/var/cache/flex/artifacts` for root, and for another user (a dry
+/// run reviewing a driver) `$XDG_CACHE_HOME/flex/artifacts` or `~/.cache/flex/artifacts`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(CACHE_DIR_ENV) {
+        return dir.into();
+    }
+    if nix::unistd::geteuid().is_root() {
+        return DEFAULT_CACHE_DIR.into();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")));
+    match base {
+        Some(base) => base.join("flex/artifacts"),
+        None => DEFAULT_CACHE_DIR.into(),
+    }
+}
+
+/// The checked cache directory, open: everything in it is reached relative to `dir`.
+struct Cache {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+enum Found {
+    Missing,
+    Loaded(Component),
+    /// Must not be used: removed (under the lock) and rebuilt.
+    Discard(String),
+}
+
+impl Cache {
+    /// Walks `cache_dir()` from `/`, one `openat(O_NOFOLLOW)` per component, checking each
+    /// directory on its descriptor; creates the missing ones `0700`.
+    fn open() -> Result<Cache, String> {
+        let path = cache_dir();
+        let refuse = |why: String| format!("refusing artifact cache {}: {why}", path.display());
+        if !path.is_absolute() {
+            return Err(refuse("not an absolute path".into()));
+        }
+        let euid = nix::unistd::geteuid().as_raw();
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut dir =
+            nix::fcntl::open("/", flags, Mode::empty()).map_err(|e| refuse(format!("/: {e}")))?;
+        let mut walked = PathBuf::from("/");
+        let parts: Vec<&OsStr> = path
+            .components()
+            .filter_map(|part| match part {
+                PathPart::Normal(name) => Some(Ok(name)),
+                PathPart::ParentDir => Some(Err(())),
+                _ => None,
+            })
+            .collect::<Result<_, ()>>()
+            .map_err(|()| refuse("contains `..`".into()))?;
+        check_dir(&dir, &walked, euid, parts.is_empty()).map_err(refuse)?;
+        for (i, name) in parts.iter().enumerate() {
+            walked.push(name);
+            let is_cache = i + 1 == parts.len();
+            let next = match openat(&dir, *name, flags, Mode::empty()) {
+                Err(Errno::ENOENT) => {
+                    match mkdirat(&dir, *name, Mode::from_bits_truncate(0o700)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(refuse(format!("create {}: {e}", walked.display()))),
+                    }
+                    openat(&dir, *name, flags, Mode::empty())
+                }
+                other => other,
+            };
+            dir = match next {
+                Ok(fd) => fd,
+                Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                    return Err(refuse(format!(
+                        "{} is a symlink or not a directory",
+                        walked.display()
+                    )));
+                }
+                Err(e) => return Err(refuse(format!("{}: {e}", walked.display()))),
+            };
+            check_dir(&dir, &walked, euid, is_cache).map_err(refuse)?;
+        }
+        Ok(Cache { dir, path })
+    }
+
+    /// The artifact for `identity`, checked on its descriptor, its trailer read and its digest
+    /// shown to `accept`, then mapped. `Err` (from `accept`) fails the call.
+    fn lookup(
+        &self,
+        engine: &Engine,
+        identity: &Identity,
+        accept: &dyn Fn(&Digest) -> Result<(), String>,
+    ) -> Result<Found, String> {
+        let name = identity.file_name();
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_CLOEXEC
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY;
+        let file = match openat(&self.dir, name.as_str(), flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => return Ok(Found::Missing),
+            Err(Errno::ELOOP) => return Ok(Found::Discard("a symlink".into())),
+            Err(e) => return Ok(Found::Discard(e.to_string())),
+        };
+        let trailer = match checked_trailer(&file, identity) {
+            Ok(trailer) => trailer,
+            Err(problem) => return Ok(Found::Discard(problem)),
+        };
+        accept(&trailer.digest)?;
+        // Mapped through the checked descriptor: `Component::deserialize` would copy the whole
+        // artifact into fresh memory (cost growing with its size) and `deserialize_raw` cannot
+        // make borrowed memory executable, so wasmtime opens this very file again through
+        // /proc and maps it privately (only the pages a call touches are read).
+        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        // SAFETY: the file is a regular file owned by us in a directory only we can write,
+        // written by `store` (whole, fsynced, renamed into place, never rewritten), its
+        // trailer matches this engine and component. wasmtime itself rejects artifacts of
+        // another version, `Config` or CPU feature set.
+        match unsafe { Component::deserialize_file(engine, &fd_path) } {
+            Ok(component) => Ok(Found::Loaded(component)),
+            Err(e) => Ok(Found::Discard(format!("{e:#}{}", self.noexec_hint()))),
+        }
+    }
+
+    fn noexec_hint(&self) -> &'static str {
+        use nix::sys::statvfs::{FsFlags, fstatvfs};
+        match fstatvfs(&self.dir) {
+            Ok(stats) if stats.flags().contains(FsFlags::ST_NOEXEC) => {
+                " (the cache is on a noexec mount: set FLEX_CACHE_DIR to a directory on an exec mount)"
+            }
+            _ => "",
+        }
+    }
+
+    /// The exclusive compile lock, waited for at most a little longer than one compile takes.
+    fn lock(&self) -> Result<Flock<File>, String> {
+        let problem = |e: &dyn std::fmt::Display| {
+            format!("compile lock {}: {e}", self.path.join(LOCK_FILE).display())
+        };
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(&self.dir, LOCK_FILE, flags, Mode::from_bits_truncate(0o600))
+            .map_err(|e| problem(&e))?;
+        let mut file = File::from(fd);
+        let meta = file.metadata().map_err(|e| problem(&e))?;
+        if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(problem(&"not a regular file of ours"));
+        }
+        let deadline = Instant::now() + COMPILE_TIMEOUT + Duration::from_secs(10);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((_, e)) if e != Errno::EWOULDBLOCK => return Err(problem(&e)),
+                Err((again, _)) if Instant::now() < deadline => {
+                    file = again;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return Err(problem(&"another compile holds it for too long")),
+            }
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        let _ = unlinkat(&self.dir, name, UnlinkatFlags::NoRemoveDir);
+    }
+
+    /// The entries of the cache dir (names only: everything is then done relative to `dir`).
+    fn names(&self) -> Vec<String> {
+        let listing = format!("/proc/self/fd/{}", self.dir.as_raw_fd());
+        std::fs::read_dir(listing)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Garbage collection after compiling `identity`, under the lock: other artifacts of the
+    /// same inode (older contents, another engine), leftovers of crashed compiles, then the
+    /// oldest artifacts beyond the cache's bounds.
+    fn collect(&self, identity: &Identity) {
+        let keep = identity.file_name();
+        let prefix = identity.inode().prefix();
+        let mut others = Vec::new();
+        for name in self.names() {
+            if name == keep {
+                continue;
+            }
+            if name.contains(".cwasm.tmp")
+                || (name.starts_with(&prefix) && name.ends_with(".cwasm"))
+            {
+                self.remove(&name);
+            } else if name.ends_with(".cwasm") {
+                let stat = nix::sys::stat::fstatat(
+                    &self.dir,
+                    name.as_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                );
+                if let Ok(stat) = stat {
+                    others.push((
+                        (stat.st_mtime, stat.st_mtime_nsec),
+                        stat.st_size as u64,
+                        name,
+                    ));
+                }
+            }
+        }
+        others.sort();
+        let kept_bytes = nix::sys::stat::fstatat(
+            &self.dir,
+            keep.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_or(0, |stat| stat.st_size as u64);
+        let mut bytes = kept_bytes + others.iter().map(|(_, size, _)| size).sum::<u64>();
+        let mut count = others.len() + 1;
+        for (_, size, name) in others {
+            if count <= MAX_ARTIFACTS && bytes <= MAX_CACHE_BYTES {
+                break;
+            }
+            self.remove(&name);
+            count -= 1;
+            bytes -= size;
+        }
+    }
+
+    /// Reads the whole artifact once, right after it was written: the body checksum the
+    /// compiler recorded. `Ok(false)`: there is none (the compiler saw another identity).
+    fn verify_checksum(&self, name: &str) -> Result<bool, String> {
+        let problem =
+            |e: &dyn std::fmt::Display| format!("artifact {}: {e}", self.path.join(name).display());
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut file = match openat(&self.dir, name, flags, Mode::empty()) {
+            Ok(fd) => File::from(fd),
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(problem(&e)),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| problem(&e))?;
+        let body_len = bytes.len().saturating_sub(TRAILER_LEN);
+        let trailer: &[u8; TRAILER_LEN] = bytes[body_len..]
+            .try_into()
+            .map_err(|_| problem(&"truncated"))?;
+        let trailer = Trailer::decode(trailer).map_err(|e| problem(&e))?;
+        if xxh3_64(&bytes[..body_len]) != trailer.checksum {
+            self.remove(name);
+            return Err(problem(&"checksum mismatch right after it was written"));
+        }
+        Ok(true)
+    }
+}
+
+/// A directory on the way to the cache: owned by root or us, not writable by group or others
+/// unless sticky (`/tmp`); the cache dir itself owned by us and not writable by others at all.
+fn check_dir(dir: &OwnedFd, path: &Path, euid: u32, is_cache: bool) -> Result<(), String> {
+    let stat = fstat(dir).map_err(|e| format!("{}: {e}", path.display()))?;
+    let others_write = stat.st_mode & 0o022 != 0;
+    let sticky = stat.st_mode & 0o1000 != 0;
+    let owner_ok = stat.st_uid == euid || (!is_cache && stat.st_uid == 0);
+    if !owner_ok {
+        return Err(format!(
+            "{} is owned by uid {}, not {euid}",
+            path.display(),
+            stat.st_uid
+        ));
+    }
+    if others_write && (is_cache || !sticky) {
+        return Err(format!(
+            "{} is writable by group or others (mode {:o})",
+            path.display(),
+            stat.st_mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
+/// The artifact's descriptor checks and its trailer, read with one small `pread`.
+fn checked_trailer(file: &File, identity: &Identity) -> Result<Trailer, String> {
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    let euid = nix::unistd::geteuid().as_raw();
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.uid() != euid {
+        return Err(format!("owned by uid {}, not {euid}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "writable by group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ));
+    }
+    let size = meta.size();
+    let Some(at) = size.checked_sub(TRAILER_LEN as u64) else {
+        return Err("truncated".into());
+    };
+    let mut bytes = [0; TRAILER_LEN];
+    file.read_exact_at(&mut bytes, at)
+        .map_err(|e| format!("read trailer: {e}"))?;
+    let trailer = Trailer::decode(&bytes)?;
+    if trailer.engine != engine_hash() {
+        return Err("compiled by another flex or wasmtime".into());
+    }
+    if trailer.identity != *identity {
+        return Err("compiled from another component file".into());
+    }
+    if trailer.body_len != at {
+        return Err("truncated".into());
+    }
+    Ok(trailer)
+}
+
+/// The compiler build: compiles in process, from the same descriptor.
+#[cfg(feature = "compiler")]
+fn compile(engine: &Engine, component: &File, cache: &Cache) -> Result<(), String> {
+    compile_into(engine, component, std::os::fd::AsFd::as_fd(&cache.dir)).map(|_| ())
+}
+
+/// The runtime build: `flex-compile --cache-fd N` with the opened component as stdin and the
+/// checked cache directory as descriptor N; then the artifact is looked up like any other.
 #[cfg(not(feature = "compiler"))]
-fn compile(
-    engine: &Engine,
-    component: &Path,
-    artifact: &Path,
-    _notes: &mut Vec<String>,
-) -> Result<Component, String> {
+fn compile(_engine: &Engine, component: &File, cache: &Cache) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
     let compiler = compiler_path()?;
-    // Its output is captured: nothing may reach kubelet's pipe.
-    let output = std::process::Command::new(&compiler)
-        .arg(component)
-        .arg(artifact)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run the compiler {}: {e}", compiler.display()))?;
-    if !output.status.success() {
-        let error = String::from_utf8_lossy(&output.stderr);
+    let io = |e: std::io::Error| format!("cannot run the compiler {}: {e}", compiler.display());
+    // A duplicate (`try_clone` never returns 0-2) whose close-on-exec flag the child clears.
+    let dir = cache.dir.try_clone().map_err(io)?;
+    let raw = dir.as_raw_fd();
+    let mut command = Command::new(&compiler);
+    command
+        .arg("--cache-fd")
+        .arg(raw.to_string())
+        .stdin(Stdio::from(component.try_clone().map_err(io)?))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: fcntl is async-signal-safe and touches only our own descriptor.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::fcntl(raw, nix::libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(io)?;
+    drop(dir);
+    let stderr = child.stderr.take().expect("piped");
+    // Read while it runs (a full pipe would stall it), at most 64 KiB.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ =
+            std::io::Read::read_to_string(&mut std::io::Read::take(stderr, 64 << 10), &mut text);
+        text
+    });
+    let deadline = Instant::now() + COMPILE_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(io)? {
+            Some(status) => break status,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "compiling the component took longer than {} s: refused",
+                    COMPILE_TIMEOUT.as_secs()
+                ));
+            }
+        }
+    };
+    let error = reader.join().unwrap_or_default();
+    if !status.success() {
         return Err(match error.trim() {
-            "" => format!("{} failed ({})", compiler.display(), output.status),
+            "" => format!("{} failed ({status})", compiler.display()),
             error => error.to_string(),
         });
     }
-    match load_cached(engine, artifact) {
-        Ok(Some(loaded)) => Ok(loaded),
-        Ok(None) => Err(format!(
-            "{} wrote no artifact {}",
-            compiler.display(),
-            artifact.display()
-        )),
-        Err(problem) => Err(format!(
-            "artifact {} from {} does not load: {problem}",
-            artifact.display(),
-            compiler.display()
-        )),
-    }
+    Ok(())
 }
 
 /// `FLEX_COMPILER`, else `flex-compile` beside the running executable, else the copy
@@ -161,168 +747,72 @@ pub fn compiler_path() -> Result<PathBuf, String> {
     }
 }
 
-/// `flex-compile COMPONENT ARTIFACT`: compiles and stores the artifact at the path the
-/// runtime chose.
+/// Compiles the component open as `component` into the cache directory `dir`: reads it once,
+/// hashes those bytes, compiles those same bytes, and stores the artifact under the name of
+/// the identity it had throughout (a file that changes while it is read is refused). Returns
+/// the artifact's name.
 #[cfg(feature = "compiler")]
-#[allow(dead_code)] // only flex-compile calls it
-pub fn compile_to(engine: &Engine, component: &Path, artifact: &Path) -> Result<(), String> {
-    let compiled = compile_component(engine, component)?;
-    store(&compiled, artifact)
-        .map_err(|e| format!("cannot write artifact {}: {e}", artifact.display()))?;
-    remove_stale(artifact);
-    Ok(())
+pub fn compile_into(
+    engine: &Engine,
+    component: &File,
+    dir: std::os::fd::BorrowedFd,
+) -> Result<String, String> {
+    use sha2::{Digest as _, Sha256};
+    let problem = |e: &dyn std::fmt::Display| format!("driver component: {e}");
+    let before = component.metadata().map_err(|e| problem(&e))?;
+    if !before.is_file() {
+        return Err(problem(&"not a regular file"));
+    }
+    if before.size() > MAX_COMPONENT_BYTES {
+        return Err(problem(&"too large"));
+    }
+    let identity = Identity::of(&before);
+    let mut wasm = vec![0; before.size() as usize];
+    component
+        .read_exact_at(&mut wasm, 0)
+        .map_err(|e| problem(&e))?;
+    let after = component.metadata().map_err(|e| problem(&e))?;
+    if Identity::of(&after) != identity {
+        return Err(problem(&"it changed while it was read: try again"));
+    }
+    let digest: Digest = Sha256::digest(&wasm).into();
+    let compiled = Component::new(engine, &wasm)
+        .map_err(|e| format!("driver component is not a valid component: {e:#}"))?;
+    let mut bytes = compiled.serialize().map_err(|e| format!("{e:#}"))?;
+    let trailer = Trailer {
+        digest,
+        identity,
+        engine: engine_hash(),
+        checksum: xxh3_64(&bytes),
+        body_len: bytes.len() as u64,
+    };
+    bytes.extend_from_slice(&trailer.encode());
+    let name = identity.file_name();
+    store(dir, &name, &bytes).map_err(|e| format!("cannot write artifact {name}: {e}"))?;
+    Ok(name)
 }
 
+/// Writes under a temporary name, fsyncs, renames into place and fsyncs the directory: a
+/// reader sees no artifact or the whole one.
 #[cfg(feature = "compiler")]
-fn compile_component(engine: &Engine, component: &Path) -> Result<Component, String> {
-    let wasm = fs::read(component)
-        .map_err(|e| format!("driver component {}: {e}", component.display()))?;
-    Component::new(engine, &wasm).map_err(|e| {
-        format!(
-            "driver component {} is not a valid component: {e:#}",
-            component.display()
-        )
-    })
-}
-
-fn artifact_path(component: &Path, meta: &fs::Metadata) -> PathBuf {
-    let mut hasher = Xxh3::new();
-    ENGINE_KEY.hash(&mut hasher);
-    (
-        meta.dev(),
-        meta.ino(),
-        meta.size(),
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.ctime(),
-        meta.ctime_nsec(),
-    )
-        .hash(&mut hasher);
-    let file = component.file_name().unwrap_or_default().to_string_lossy();
-    component.with_file_name(format!(".{file}.{:016x}.cwasm", hasher.digest()))
-}
-
-/// `Ok(None)`: no artifact yet. `Err`: an artifact that must not be used.
-fn load_cached(engine: &Engine, artifact: &Path) -> Result<Option<Component>, String> {
-    let file = match fs::File::open(artifact) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let len = usize::try_from(len).map_err(|_| "too large".to_string())?;
-    if len < TRAILER_LEN {
-        return Err("truncated".into());
+fn store(dir: std::os::fd::BorrowedFd, name: &str, bytes: &[u8]) -> Result<(), Errno> {
+    use std::io::Write;
+    let temp = format!("{name}.tmp{}", std::process::id());
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let written =
+        openat(dir, temp.as_str(), flags, Mode::from_bits_truncate(0o600)).and_then(|fd| {
+            let mut file = File::from(fd);
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0)))?;
+            nix::fcntl::renameat(dir, temp.as_str(), dir, name)?;
+            nix::unistd::fsync(dir)
+        });
+    if written.is_err() {
+        let _ = unlinkat(dir, temp.as_str(), UnlinkatFlags::NoRemoveDir);
     }
-    // Checked through a read-only mapping rather than a heap copy: the page cache's pages are
-    // mapped, not copied into freshly faulted memory (about 80 page faults fewer per call).
-    verify_checksum(ReadOnlyMap::new(&file, len)?.bytes())?;
-    drop(file);
-    // SAFETY: the file was written by `store` below (root-owned, beside the component), its
-    // checksum matches, and it is replaced only by rename, never rewritten in place. wasmtime
-    // itself rejects artifacts from another version, `Config` or CPU feature set.
-    let component = unsafe { Component::deserialize_file(engine, artifact) };
-    component.map(Some).map_err(|e| format!("{e:#}"))
-}
-
-/// A whole file mapped read-only, unmapped on drop.
-struct ReadOnlyMap {
-    ptr: *mut nix::libc::c_void,
-    len: usize,
-}
-
-impl ReadOnlyMap {
-    fn new(file: &fs::File, len: usize) -> Result<ReadOnlyMap, String> {
-        use nix::libc;
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh private read-only mapping of `len > 0` bytes of an open file; the
-        // kernel picks the address. Populated up front: every page is read anyway.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        Ok(ReadOnlyMap { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes until `drop`. The artifact is replaced only
-        // by rename, never truncated or rewritten in place, so the pages stay valid.
-        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
-    }
-}
-
-impl Drop for ReadOnlyMap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `new`; `bytes` borrows end before drop.
-        unsafe { nix::libc::munmap(self.ptr, self.len) };
-    }
-}
-
-fn verify_checksum(bytes: &[u8]) -> Result<(), String> {
-    let Some(body_len) = bytes.len().checked_sub(TRAILER_LEN) else {
-        return Err("truncated".into());
-    };
-    let (body, trailer) = bytes.split_at(body_len);
-    if &trailer[8..] != TRAILER_MAGIC {
-        return Err("no checksum trailer".into());
-    }
-    let stored = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
-    if xxh3_64(body) != stored {
-        return Err("checksum mismatch: the file is damaged".into());
-    }
-    Ok(())
-}
-
-/// Writes under a temporary dot-name, then renames: readers see the old file or the whole new
-/// one, and concurrent first calls simply race to install identical artifacts.
-#[cfg(feature = "compiler")]
-fn store(component: &Component, artifact: &Path) -> Result<(), String> {
-    let mut bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
-    let checksum = xxh3_64(&bytes);
-    bytes.extend_from_slice(&checksum.to_le_bytes());
-    bytes.extend_from_slice(TRAILER_MAGIC);
-    let mut temp = artifact.as_os_str().to_owned();
-    temp.push(format!(".tmp{}", std::process::id()));
-    let temp = PathBuf::from(temp);
-    let written = fs::File::create(&temp)
-        .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()))
-        .and_then(|()| fs::rename(&temp, artifact));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(e.to_string());
-    }
-    Ok(())
-}
-
-/// Removes artifacts of earlier versions of the same component (same `.<file>.` prefix).
-#[cfg(feature = "compiler")]
-fn remove_stale(current: &Path) {
-    let (Some(dir), Some(name)) = (current.parent(), current.file_name()) else {
-        return;
-    };
-    let name = name.to_string_lossy();
-    let Some(prefix_len) = name.rfind('.').and_then(|end| name[..end].rfind('.')) else {
-        return;
-    };
-    let prefix = &name[..=prefix_len];
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let other = entry.file_name().to_string_lossy().into_owned();
-        if other != name && other.starts_with(prefix) && other.ends_with(".cwasm") {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    written
 }
 
 #[cfg(test)]
@@ -346,14 +836,54 @@ mod tests {
     }
 
     #[test]
-    fn checksum_trailer() {
-        let mut bytes = b"artifact".to_vec();
-        bytes.extend_from_slice(&xxh3_64(b"artifact").to_le_bytes());
-        bytes.extend_from_slice(TRAILER_MAGIC);
-        assert_eq!(verify_checksum(&bytes), Ok(()));
-        bytes[2] ^= 1;
-        assert!(verify_checksum(&bytes).unwrap_err().contains("mismatch"));
-        assert!(verify_checksum(b"short").is_err());
-        assert!(verify_checksum(&[0; 40]).unwrap_err().contains("trailer"));
+    fn trailer_round_trip_and_magic() {
+        let identity = Identity([1, 2, 3, 4, 5, 6, 7]);
+        let trailer = Trailer {
+            digest: [9; 32],
+            identity,
+            engine: engine_hash(),
+            checksum: 42,
+            body_len: 1000,
+        };
+        let bytes = trailer.encode();
+        let back = Trailer::decode(&bytes).unwrap();
+        assert_eq!(
+            (
+                back.digest,
+                back.identity,
+                back.engine,
+                back.checksum,
+                back.body_len
+            ),
+            ([9; 32], identity, engine_hash(), 42, 1000)
+        );
+        let mut damaged = bytes;
+        damaged[TRAILER_LEN - 1] ^= 1;
+        assert!(Trailer::decode(&damaged).unwrap_err().contains("trailer"));
+    }
+
+    /// Every part of the identity, and the engine, is in the name: a component changed in
+    /// place (new ctime, even with the same size and mtime) gets another artifact.
+    #[test]
+    fn every_identity_field_changes_the_name() {
+        let base = Identity([1, 2, 3, 4, 5, 6, 7]);
+        let name = base.file_name();
+        assert!(
+            name.starts_with("1-2-") && name.ends_with(".cwasm"),
+            "{name}"
+        );
+        for field in 0..7 {
+            let mut other = base;
+            other.0[field] += 1;
+            assert_ne!(other.file_name(), name, "field {field}");
+        }
+    }
+
+    #[test]
+    fn digest_is_printed_like_the_policy_pin() {
+        assert_eq!(
+            digest_string(&[0xab; 32]),
+            format!("sha256:{}", "ab".repeat(32))
+        );
     }
 }

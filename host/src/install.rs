@@ -1,75 +1,258 @@
 //! `flex install` / `flex uninstall`: put a driver where kubelet finds it, atomically.
 //!
 //! kubelet's prober re-runs `init` on any change inside a driver's directory and ignores
-//! dot-names, so the whole directory (this executable, the component, its compiled artifact)
-//! is built under a dot-name and then swapped in with one `renameat2(RENAME_EXCHANGE)`: kubelet
-//! sees the old driver or the new one, never a half-installed one, and re-probes once.
+//! dot-names, so the whole directory (this executable and the component) is built under a
+//! dot-name and then swapped in with one `renameat2(RENAME_EXCHANGE)`: kubelet sees the old
+//! driver or the new one, never a half-installed one, and re-probes once. The component is
+//! precompiled into the root-only artifact cache (`artifact.rs`), never into the plugin dir;
+//! the artifacts of the component an install replaces, or an uninstall removes, are removed
+//! once that component is gone.
 
+use crate::cli::{InstallArgs, ListArgs, UninstallArgs};
 use crate::{artifact, policy, runtime};
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub const USAGE: &str = "usage: flex install --plugin-dir DIR <vendor~driver> COMPONENT [--policy FILE]\n       flex uninstall --plugin-dir DIR <vendor~driver>\n       flex list --plugin-dir DIR";
-
-/// `install` arguments after the subcommand; returns what was done.
-pub fn install(args: &[String]) -> Result<String, String> {
-    let (plugin_dir, positional, policy_file) = parse_args(args)?;
-    let [name, component] = positional.as_slice() else {
-        return Err(USAGE.into());
-    };
+/// `flex install`; returns what was done.
+pub fn install(a: &InstallArgs) -> Result<String, String> {
+    let (plugin_dir, name, component) = (&a.plugin_dir, a.name.as_str(), a.component.as_path());
     let driver = driver_of(name)?;
+    existing_plugin_dir(plugin_dir, a.create)?;
+    check_pin(name, component, a.policy.as_deref())?;
     let staging = plugin_dir.join(format!(".{name}.staging-{}", std::process::id()));
-    let result = stage(&staging, driver, Path::new(component))
-        .and_then(|()| install_compiler(&plugin_dir))
-        .and_then(|()| install_policy(name, policy_file.as_deref()))
+    let wasm = format!("{driver}.wasm");
+    let replaced = artifact::Inode::of(&plugin_dir.join(name).join(&wasm));
+    let result = stage(&staging, driver, component)
+        // Errors name the user's component, not the staging copy.
+        .map_err(|e| {
+            e.replace(
+                &staging.join(&wasm).display().to_string(),
+                &component.display().to_string(),
+            )
+        })
+        .and_then(|()| install_compiler(plugin_dir))
+        .and_then(|()| install_policy(name, a.policy.as_deref()))
         .and_then(|()| swap_in(&staging, &plugin_dir.join(name)));
-    let _ = fs::remove_dir_all(&staging); // the half-built or the replaced driver
+    // The half-built or the replaced driver; its artifacts go after its component is gone,
+    // so a call still compiling it cannot leave one behind (see `artifact::load`).
+    let gone = match result {
+        Ok(()) => replaced,
+        Err(_) => artifact::Inode::of(&staging.join(&wasm)),
+    };
+    let _ = fs::remove_dir_all(&staging);
+    if let Some(gone) = gone {
+        let _ = artifact::forget(gone);
+    }
     result.map(|()| format!("installed {name} in {}\n", plugin_dir.display()))
 }
 
-pub fn uninstall(args: &[String]) -> Result<String, String> {
-    let (plugin_dir, positional, _) = parse_args(args)?;
-    let [name] = positional.as_slice() else {
-        return Err(USAGE.into());
-    };
-    driver_of(name)?;
-    let removing = plugin_dir.join(format!(".{name}.removing-{}", std::process::id()));
-    match fs::rename(plugin_dir.join(name), &removing) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(format!("{name} is not installed\n"));
-        }
-        other => other.map_err(|e| format!("uninstall {name}: {e}"))?,
+/// A typo in `--plugin-dir` must not silently create a tree kubelet never reads.
+fn existing_plugin_dir(dir: &Path, create: bool) -> Result<(), String> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!("plugin dir {} is not a directory", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create plugin dir {}: {e}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "plugin dir {} does not exist: give kubelet's --volume-plugin-dir (default \
+             /usr/libexec/kubernetes/kubelet-plugins/volume/exec), or add --create",
+            dir.display()
+        )),
+        Err(e) => Err(format!("plugin dir {}: {e}", dir.display())),
     }
-    fs::remove_dir_all(&removing).map_err(|e| format!("remove {}: {e}", removing.display()))?;
-    if installed_drivers(&plugin_dir)?.is_empty() {
+}
+
+/// A policy that pins a digest (the one given, else the installed one) must pin this
+/// component: otherwise every call of the installed driver would fail.
+fn check_pin(name: &str, component: &Path, policy_file: Option<&Path>) -> Result<(), String> {
+    use sha2::{Digest, Sha256};
+    let file = policy_file.map_or_else(|| policy::policy_path(name), Path::to_path_buf);
+    let text = match fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && policy_file.is_none() => {
+            return Ok(());
+        }
+        Err(e) => return Err(format!("cannot read policy {}: {e}", file.display())),
+    };
+    let Some(pinned) = policy::parse(&text, &file)?.digest else {
+        return Ok(());
+    };
+    let bytes = fs::read(component)
+        .map_err(|e| format!("cannot read component {}: {e}", component.display()))?;
+    let actual = artifact::digest_string(&Sha256::digest(&bytes).into());
+    match pinned == actual {
+        true => Ok(()),
+        false => Err(format!(
+            "refusing to install {}: its digest is {actual}, but policy {} pins digest = \"{pinned}\"",
+            component.display(),
+            file.display()
+        )),
+    }
+}
+
+pub fn uninstall(a: &UninstallArgs) -> Result<String, String> {
+    let (plugin_dir, name) = (&a.plugin_dir, a.name.as_str());
+    let driver = driver_of(name)?;
+    existing_plugin_dir(plugin_dir, false)?;
+    if fs::symlink_metadata(plugin_dir.join(name)).is_err() {
+        return Err(format!(
+            "{name} is not installed in {}",
+            plugin_dir.display()
+        ));
+    }
+    let mounted = mounted_volumes(name);
+    if !mounted.is_empty() && !a.force {
+        return Err(format!(
+            "{name} still has {} mounted volume(s); drain the node (or unmount them), or add --force:\n  {}",
+            mounted.len(),
+            mounted.join("\n  ")
+        ));
+    }
+    let purge = match a.purge {
+        true => Some(purge_list(name)),
+        false => None,
+    };
+    if let Some(paths) = &purge {
+        confirm_purge(name, paths, a.yes)?;
+    }
+    let removing = plugin_dir.join(format!(".{name}.removing-{}", std::process::id()));
+    fs::rename(plugin_dir.join(name), &removing)
+        .map_err(|e| format!("uninstall {name} from {}: {e}", plugin_dir.display()))?;
+    let removed = artifact::Inode::of(&removing.join(format!("{driver}.wasm")));
+    fs::remove_dir_all(&removing)
+        .map_err(|e| format!("remove {}: {e}", plugin_dir.join(name).display()))?;
+    if let Some(removed) = removed {
+        let _ = artifact::forget(removed);
+    }
+    if installed_drivers(plugin_dir)?.is_empty() {
         let _ = fs::remove_file(plugin_dir.join(artifact::PLUGIN_DIR_COMPILER));
     }
-    Ok(format!(
-        "uninstalled {name}; its policy stays in {}\n",
-        policy::policy_path(name).display()
-    ))
+    let mut out = format!("uninstalled {name} from {}\n", plugin_dir.display());
+    if !mounted.is_empty() {
+        out.push_str(&format!(
+            "warning: {} volume(s) were still mounted (--force)\n",
+            mounted.len()
+        ));
+    }
+    match purge {
+        None => out.push_str(&format!(
+            "its policy stays in {} (--purge removes it, its state and images)\n",
+            policy::policy_path(name).display()
+        )),
+        Some(paths) => {
+            for path in paths {
+                let removed = match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+                    Ok(_) => fs::remove_file(&path),
+                    Err(_) => continue,
+                };
+                match removed {
+                    Ok(()) => out.push_str(&format!("removed {}\n", path.display())),
+                    Err(e) => return Err(format!("{out}cannot remove {}: {e}", path.display())),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `--purge` removes: the policy, the state directory, and the block images when they
+/// live in flex's own per-driver image directory (a shared `image_dir` is left alone).
+fn purge_list(name: &str) -> Vec<PathBuf> {
+    let policy_file = policy::policy_path(name);
+    let policy = fs::read_to_string(&policy_file)
+        .ok()
+        .and_then(|text| policy::parse(&text, &policy_file).ok());
+    let root = crate::caps::state::state_root();
+    let mut paths = vec![policy_file];
+    match policy.as_ref().and_then(|p| p.state.as_ref()) {
+        Some(state) => paths.push(state.location(name)),
+        None => paths.push(root.join(name)),
+    }
+    let own_images = root.join("images").join(name);
+    if let Some(dir) = policy.as_ref().and_then(|p| p.block.image_dir.clone()) {
+        if dir.starts_with(&own_images) {
+            paths.push(dir);
+        }
+    }
+    paths.push(own_images);
+    paths.dedup();
+    paths.retain(|p| fs::symlink_metadata(p).is_ok());
+    paths
+}
+
+fn confirm_purge(name: &str, paths: &[PathBuf], yes: bool) -> Result<(), String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    if yes || list.is_empty() {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(format!(
+            "--purge removes {}; add --yes to confirm (stdin is not a terminal)",
+            list.join(", ")
+        ));
+    }
+    eprint!("uninstall {name} and remove {}? [y/N] ", list.join(", "));
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err("not confirmed: nothing removed".into()),
+    }
+}
+
+/// Mount points of this driver's volumes: kubelet's pod volume dirs
+/// (`.../pods/<pod>/volumes/<vendor~driver>/<volume>`) and device mount paths
+/// (`.../plugins/kubernetes.io/flexvolume/<vendor>/<driver>/mounts/<pv>`).
+pub fn mounted_volumes(name: &str) -> Vec<String> {
+    let pod = format!("/volumes/{name}/");
+    let device = format!(
+        "/plugins/kubernetes.io/flexvolume/{}/mounts/",
+        name.replace('~', "/")
+    );
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounted: Vec<String> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(crate::caps::mounts::unescape_mountinfo)
+        .filter(|point| {
+            let in_pod = point
+                .find(&pod)
+                .is_some_and(|at| point[..at].rsplit('/').nth(1) == Some("pods"));
+            in_pod || point.contains(&device)
+        })
+        .collect();
+    mounted.sort();
+    mounted.dedup();
+    mounted
 }
 
 /// One line per installed flex driver: name, sha256 of its component, its policy file.
-pub fn list(args: &[String]) -> Result<String, String> {
+pub fn list(a: &ListArgs) -> Result<String, String> {
     use sha2::{Digest, Sha256};
-    let (plugin_dir, _, _) = parse_args(args)?;
+    existing_plugin_dir(&a.plugin_dir, false)?;
     let mut out = String::new();
-    for (name, component) in installed_drivers(&plugin_dir)? {
+    for (name, component) in installed_drivers(&a.plugin_dir)? {
         let Ok(component) = fs::read(component) else {
             continue;
         };
-        let digest: String = Sha256::digest(&component)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = artifact::digest_string(&Sha256::digest(&component).into());
         let policy = policy::policy_path(&name);
-        let policy = match policy.exists() {
+        let present = policy.exists();
+        if a.json {
+            let line = serde_json::json!({"name": name, "digest": digest,
+                "policy": policy.display().to_string(), "policy_present": present});
+            out.push_str(&format!("{line}\n"));
+            continue;
+        }
+        let policy = match present {
             true => policy.display().to_string(),
             false => format!("{} (absent: nothing granted)", policy.display()),
         };
-        out.push_str(&format!("{name}\tsha256:{digest}\t{policy}\n"));
+        out.push_str(&format!("{name}\t{digest}\t{policy}\n"));
     }
     Ok(out)
 }
@@ -93,23 +276,6 @@ fn installed_drivers(plugin_dir: &Path) -> Result<Vec<(String, PathBuf)>, String
     Ok(drivers)
 }
 
-fn parse_args(args: &[String]) -> Result<(PathBuf, Vec<String>, Option<String>), String> {
-    let (mut plugin_dir, mut policy_file, mut positional) = (None, None, Vec::new());
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--plugin-dir" => plugin_dir = args.next().cloned(),
-            "--policy" => policy_file = Some(args.next().cloned().ok_or(USAGE)?),
-            _ => positional.push(arg.clone()),
-        }
-    }
-    Ok((
-        PathBuf::from(plugin_dir.ok_or(USAGE)?),
-        positional,
-        policy_file,
-    ))
-}
-
 /// `vendor~driver` → `driver`, checked as kubelet will check the name (one `~`, a qualified name).
 fn driver_of(name: &str) -> Result<&str, String> {
     let valid = |part: &str| {
@@ -129,17 +295,20 @@ fn driver_of(name: &str) -> Result<&str, String> {
     }
 }
 
-/// The executable, the component and its compiled artifact, so the first call is fast and a
-/// component that does not compile is refused before kubelet sees it.
+/// The executable and the component, precompiled into the artifact cache, so the first call
+/// is fast and a component that does not compile is refused before kubelet sees it. The
+/// directory rename keeps the component's identity, so the artifact is the installed one's.
 fn stage(staging: &Path, driver: &str, component: &Path) -> Result<(), String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    fs::create_dir_all(staging).map_err(|e| io("create staging dir", e))?;
+    let plugin_dir = staging.parent().unwrap_or(staging).display().to_string();
+    fs::create_dir_all(staging).map_err(|e| io(&format!("cannot write in {plugin_dir}"), e))?;
     let me = std::env::current_exe().map_err(|e| io("find the flex executable", e))?;
     fs::copy(&me, staging.join(driver)).map_err(|e| io("copy flex", e))?;
     let installed = staging.join(format!("{driver}.wasm"));
-    fs::copy(component, &installed).map_err(|e| io(&component.display().to_string(), e))?;
+    fs::copy(component, &installed)
+        .map_err(|e| io(&format!("cannot read component {}", component.display()), e))?;
     let engine = runtime::engine()?;
-    artifact::load(&engine, &installed).map(|_| ())
+    artifact::load(&engine, &installed, &|_| Ok(()), &mut Vec::new()).map(|_| ())
 }
 
 /// Keeps a copy of the compiler in the plugin dir, so an installed driver whose artifact is
@@ -170,18 +339,37 @@ fn install_compiler(plugin_dir: &Path) -> Result<(), String> {
         })
 }
 
-fn install_policy(name: &str, file: Option<&str>) -> Result<(), String> {
+/// Installs the policy with its source's mode, never wider than `0640`: a `[config]`
+/// credential in a `0600` source stays root's, a `0644` source becomes `0640`.
+fn install_policy(name: &str, file: Option<&Path>) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let Some(file) = file else { return Ok(()) };
-    let text = fs::read_to_string(file).map_err(|e| format!("policy {file}: {e}"))?;
-    policy::parse(&text, Path::new(file))?;
+    let (text, mode) =
+        policy::read_with_mode(file).map_err(|e| format!("policy {}: {e}", file.display()))?;
+    policy::parse(&text, file)?;
     let target = policy::policy_path(name);
     if let Some(dir) = target.parent() {
         fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
     let temp = target.with_extension(format!("toml.tmp{}", std::process::id()));
-    fs::write(&temp, text)
-        .and_then(|()| fs::rename(&temp, &target))
-        .map_err(|e| format!("install policy {}: {e}", target.display()))
+    let _ = fs::remove_file(&temp); // left by a crashed install that had this pid
+    let installed = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temp)
+        .and_then(|mut temp| {
+            // Set on the descriptor, so the umask neither widens nor narrows it.
+            temp.set_permissions(fs::Permissions::from_mode(mode & 0o640))?;
+            temp.write_all(text.as_bytes())?;
+            temp.sync_all()
+        })
+        .and_then(|()| fs::rename(&temp, &target));
+    if installed.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    installed.map_err(|e| format!("install policy {}: {e}", target.display()))
 }
 
 /// Exchanges the staged directory with the installed one (or renames it in place); the old

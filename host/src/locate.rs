@@ -3,6 +3,11 @@
 //! Installed as kubelet expects, `<plugindir>/<vendor~driver>/<driver>` is this executable (a
 //! copy or a symlink) and the component is `<driver>.wasm` beside it. For development,
 //! `--component PATH` or `FLEX_COMPONENT` names a component directly.
+//!
+//! Only the component is found here, never its compiled artifact: every call, installed or
+//! not, takes that from the root-only cache (`artifact.rs`), keyed by the opened component
+//! file, so a component in a directory others can write (`/tmp`) still runs, compiled from its
+//! own bytes, and nothing planted beside it is ever loaded.
 
 use std::path::{Path, PathBuf};
 

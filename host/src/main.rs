@@ -8,8 +8,10 @@ mod artifact;
 mod audit;
 mod bindings;
 mod caps;
+mod cli;
 mod inspect;
 mod install;
+mod limits;
 mod locate;
 mod logfile;
 mod options;
@@ -31,22 +33,10 @@ fn main() {
     let args: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    // Operator commands, never sent by kubelet: plain text, not a FlexVolume reply.
-    let operator = match args.get(1..).unwrap_or_default() {
-        [policy, check, file] if policy == "policy" && check == "check" => {
-            Some(policy::check_command(file))
-        }
-        [command, rest @ ..] if command == "inspect" => Some(text_and_code(inspect::inspect(rest))),
-        [command, rest @ ..] if command == "install" => Some(text_and_code(install::install(rest))),
-        [command, rest @ ..] if command == "list" => Some(text_and_code(install::list(rest))),
-        [command, rest @ ..] if command == "uninstall" => {
-            Some(text_and_code(install::uninstall(rest)))
-        }
-        _ => None,
-    };
-    if let Some((text, code)) = operator {
-        let _ = std::io::stdout().write_all(text.as_bytes());
-        std::process::exit(code);
+    // Operator commands: a fixed set of names that are not FlexVolume verbs (see `cli`), so
+    // kubelet's calls never build the CLI.
+    if args.get(1).is_some_and(|arg| cli::is_operator_command(arg)) {
+        std::process::exit(cli::main(args));
     }
     let reply = handle(&args);
     reply_and_exit(&reply);
@@ -61,7 +51,7 @@ fn handle(args: &[String]) -> Reply {
     let plugin = locate::locate(argv0, component_flag);
     let Some((verb, verb_args)) = rest.split_first() else {
         return Reply::failure(
-            "usage: flex [--component PATH] [--dry-run] <verb> [arguments...]; kubelet runs this as a FlexVolume driver",
+            "usage: flex [--component PATH] [--dry-run] <verb> [arguments...]; kubelet runs this as a FlexVolume driver; `flex help` lists the operator commands",
         );
     };
     let mut logger = Logger::open(&plugin.name, verb);
@@ -74,7 +64,18 @@ fn handle(args: &[String]) -> Reply {
             }
             Err(e) => Reply::failure(e),
         },
-        Err(reply) => reply,
+        Err(mut reply) => {
+            // A person who misspelt an operator command: still the one reply, with a hint.
+            let hint = (reply.status == protocol::NOT_SUPPORTED)
+                .then(|| cli::did_you_mean(verb))
+                .flatten();
+            if let (Some(command), Some(message)) = (hint, &mut reply.message) {
+                message.push_str(&format!(
+                    "; did you mean `flex {command}`? (see `flex help`)"
+                ));
+            }
+            reply
+        }
     };
     logger.log(
         "info",
@@ -82,13 +83,6 @@ fn handle(args: &[String]) -> Reply {
         &format!("reply {}", reply.to_line().trim_end()),
     );
     reply
-}
-
-fn text_and_code(result: Result<String, String>) -> (String, i32) {
-    match result {
-        Ok(text) => (text, 0),
-        Err(e) => (format!("{e}\n"), 1),
-    }
 }
 
 #[derive(Default)]

@@ -6,12 +6,12 @@
 //! refused. An invalid file (unknown key, wrong type, bad pattern) fails every verb with a
 //! message naming the file; it is never read as a partial grant.
 
-use crate::audit::redact_option;
 use crate::caps::block::BlockGrant;
 use crate::caps::exec::ExecGrant;
 use crate::caps::http::HttpGrant;
 use crate::caps::mounts::MountGrant;
 use crate::caps::state::StateGrant;
+pub use crate::limits::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ pub struct Policy {
     /// Outgoing HTTP destinations.
     #[serde(default)]
     pub http: HttpGrant,
-    /// Host programs, by absolute path.
+    /// Host programs: exact path, allowed argument vectors, environment names.
     #[serde(default)]
     pub exec: ExecGrant,
     /// A private read-write directory; none without the table.
@@ -42,50 +42,9 @@ pub struct Policy {
     /// Non-secret settings handed to the driver.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
-    /// Memory and time for one call.
+    /// Every per-call and per-driver bound (`crate::limits`).
     #[serde(default)]
     pub limits: Limits,
-}
-
-/// Sandbox limits. kubelet has no timeout for most verbs, so a hung driver would wedge it.
-#[derive(Deserialize, Serialize, Debug, Clone, Copy)]
-#[serde(deny_unknown_fields, default)]
-pub struct Limits {
-    pub memory_mib: u64,
-    pub deadline_seconds: u64,
-    /// kubelet kills `waitforattach` after 10 minutes; it must end, with a reply, before that.
-    pub wait_for_attach_deadline_seconds: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            memory_mib: 256,
-            deadline_seconds: 120,
-            wait_for_attach_deadline_seconds: 570,
-        }
-    }
-}
-
-impl Limits {
-    fn validate(&self) -> Result<(), String> {
-        let check = |name: &str, value: u64, max: u64| {
-            if (1..=max).contains(&value) {
-                Ok(())
-            } else {
-                Err(format!(
-                    "limits.{name} must be between 1 and {max}, not {value}"
-                ))
-            }
-        };
-        check("memory_mib", self.memory_mib, 4096)?;
-        check("deadline_seconds", self.deadline_seconds, 3600)?;
-        check(
-            "wait_for_attach_deadline_seconds",
-            self.wait_for_attach_deadline_seconds,
-            590,
-        )
-    }
 }
 
 pub fn policy_path(driver: &str) -> PathBuf {
@@ -97,63 +56,63 @@ pub fn policy_path(driver: &str) -> PathBuf {
 /// The driver's policy; the empty (deny-all) policy when it has no file.
 pub fn load(driver: &str) -> Result<Policy, String> {
     let path = policy_path(driver);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse(&text, &path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
-        Err(e) => Err(format!("cannot read policy {}: {e}", path.display())),
-    }
+    let (text, mode) = match read_with_mode(&path) {
+        Ok(read) => read,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::default()),
+        Err(e) => return Err(format!("cannot read policy {}: {e}", path.display())),
+    };
+    let policy = parse(&text, &path)?;
+    check_overlaps(&policy, Some(driver), &path)?;
+    // A credential in a file every user can read is already leaked: refuse to use it.
+    crate::caps::config::check_exposure(&path, mode, &policy.config)
+        .map_err(|e| format!("refusing {e}"))?;
+    Ok(policy)
 }
 
-/// `flex policy check FILE`: validates a policy and says what it grants.
-pub fn check_command(file: &str) -> (String, i32) {
-    let path = Path::new(file);
-    let policy = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read policy {file}: {e}"))
-        .and_then(|text| parse(&text, path));
-    match policy {
-        Err(e) => (format!("{e}\n"), 1),
-        Ok(policy) => {
-            let mut grants = serde_json::to_value(&policy).unwrap_or_default();
-            // `[config]` may hold a cloud credential: show that the key is set, not its value.
-            if let Some(config) = grants["config"].as_object_mut() {
-                for (key, value) in config.iter_mut() {
-                    if redact_option(&format!("{key}=")) != format!("{key}=") {
-                        *value = "<redacted>".into();
-                    }
-                }
-            }
-            let grants = serde_json::to_string_pretty(&grants).unwrap_or_default();
-            (
-                format!("policy {file} is valid; {}\n{grants}\n", summary(&policy)),
-                0,
-            )
-        }
-    }
+/// The text and the mode of one opened file (not of the path, looked up twice).
+pub fn read_with_mode(path: &Path) -> std::io::Result<(String, u32)> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = std::fs::File::open(path)?;
+    let mode = file.metadata()?.mode();
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok((text, mode))
 }
 
 /// One sentence per capability: what the policy grants.
-fn summary(p: &Policy) -> String {
+pub fn summary(p: &Policy) -> String {
     let either = |granted: bool, yes: String, no: &str| if granted { yes } else { no.into() };
     [
         either(
             !p.mount.fs_types.is_empty() || !p.mount.sources.is_empty(),
             format!(
-                "mount: {:?} from {:?} onto the call's own directory{}",
+                "mount: {:?} from {:?} onto the call's own directory{}, always {:?}",
                 p.mount.fs_types,
                 p.mount.sources,
                 either(
                     !p.mount.targets.is_empty(),
                     format!(" and {:?}", p.mount.targets),
                     ""
-                )
+                ),
+                p.mount.require
             ),
             "mount: nothing",
         ),
         either(
             !p.block.devices.is_empty() || p.block.image_dir.is_some(),
             format!(
-                "block: devices {:?}, mkfs {:?}, images in {:?} up to {} bytes",
-                p.block.devices, p.block.fs_types, p.block.image_dir, p.block.max_image_bytes
+                "block: devices {:?}, mkfs {:?}, {}",
+                p.block.devices,
+                p.block.fs_types,
+                match &p.block.image_dir {
+                    Some(dir) => format!(
+                        "images in {} up to {} bytes",
+                        dir.display(),
+                        p.block.max_image_bytes
+                    ),
+                    None => "no images".into(),
+                }
             ),
             "block: nothing",
         ),
@@ -164,7 +123,7 @@ fn summary(p: &Policy) -> String {
         ),
         either(
             !p.exec.programs.is_empty(),
-            format!("exec: {:?}", p.exec.programs),
+            format!("exec: {}", p.exec.summary()),
             "exec: nothing",
         ),
         either(
@@ -191,6 +150,15 @@ pub fn parse(text: &str, path: &Path) -> Result<Policy, String> {
     }
     policy.limits.validate().map_err(|e| invalid(&e))?;
     Ok(policy)
+}
+
+/// Whole-policy rules no single table can check: a `block.image_dir` overlapping a state dir
+/// (see `BlockGrant::check_overlaps`).
+pub fn check_overlaps(policy: &Policy, driver: Option<&str>, path: &Path) -> Result<(), String> {
+    policy
+        .block
+        .check_overlaps(policy.state.as_ref(), driver)
+        .map_err(|e| format!("invalid policy {}: {e}", path.display()))
 }
 
 fn validate_digest(digest: &str) -> Result<(), String> {

@@ -68,7 +68,7 @@ pub enum Call {
 }
 
 #[cfg(test)]
-const VERBS: [&str; 14] = [
+pub const VERBS: [&str; 14] = [
     "init",
     "getvolumename",
     "attach",

@@ -1,15 +1,16 @@
 //! One verb call: load the driver's compiled component, link the host imports its policy
 //! grants, instantiate it in a fresh store with memory and time limits, call the verb.
 
-use crate::artifact::{self, Source};
+use crate::artifact::{self, Note};
 use crate::audit::Audit;
 use crate::bindings::{self, DriverError};
 use crate::caps::block::Block;
 use crate::caps::config::Config as DriverConfig;
 use crate::caps::exec::Exec;
 use crate::caps::http::Http;
-use crate::caps::mounts::Mounts;
+use crate::caps::mounts::{CallDirs, Mounts};
 use crate::caps::state;
+use crate::limits::CallLimiter;
 use crate::locate::Plugin;
 use crate::logfile::{Logger, Timings};
 use crate::policy::Policy;
@@ -17,7 +18,7 @@ use crate::protocol::{Call, Reply};
 use crate::wasi_link;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -35,7 +36,7 @@ const HOST_CALL_GRACE: Duration = Duration::from_secs(3);
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: CallLimiter,
     pub logger: Logger,
     mounts: Mounts,
     block: Block,
@@ -86,19 +87,23 @@ pub fn run(
     };
     timings.mark("engine");
     let mut logger = logger;
-    if let Some(expected) = &policy.digest
-        && let Err(e) = check_digest(&plugin.component, expected)
-    {
-        return (Reply::failure(e), logger);
-    }
-    let component = match artifact::load(&engine, &plugin.component) {
-        Ok((component, source, notes)) => {
-            notes.iter().for_each(|note| logger.error(note));
-            if let Source::Compiled = source {
-                logger.info(&format!("compiled {}", plugin.component.display()));
-            }
-            component
+    logger.set_limits(&policy.limits);
+    // The pin is checked against the digest the artifact records of the bytes it was compiled
+    // from, before any of it is mapped (see artifact.rs).
+    let accept = |recorded: &artifact::Digest| match &policy.digest {
+        Some(expected) => check_digest(&plugin.component, recorded, expected),
+        None => Ok(()),
+    };
+    let mut notes = Vec::new();
+    let loaded = artifact::load(&engine, &plugin.component, &accept, &mut notes);
+    for note in notes {
+        match note {
+            Note::Info(message) => logger.info(&message),
+            Note::Error(message) => logger.error(&message),
         }
+    }
+    let component = match loaded {
+        Ok(component) => component,
         Err(e) => return (Reply::failure(e), logger),
     };
     timings.mark("artifact_load");
@@ -107,17 +112,36 @@ pub fn run(
     let stderr = MemoryOutputPipe::new(GUEST_OUTPUT_BYTES);
     let mut wasi = WasiCtx::builder();
     wasi.stdout(stdout.clone()).stderr(stderr.clone());
-    if let Some(grant) = &policy.state {
-        let preopened = grant.directory(&plugin.name).and_then(|dir| {
-            wasi.preopened_dir(&dir, state::GUEST_PATH, FsPerms::ReadWrite)
-                .map_err(|e| format!("cannot open state directory {}: {e}", dir.display()))
-        });
-        if let Err(e) = preopened {
-            return (Reply::failure(e), logger);
+    let state_dir = match &policy.state {
+        None => None,
+        Some(grant) => {
+            let prepared = state::Prepared::new(grant, &plugin.name, &policy.limits, dry_run)
+                .and_then(|prepared| {
+                    let perms = match prepared.read_only {
+                        true => FsPerms::ReadOnly,
+                        false => FsPerms::ReadWrite,
+                    };
+                    wasi.preopened_dir(&prepared.dir, state::GUEST_PATH, perms)
+                        .map_err(|e| format!("cannot open the state directory: {e}"))?;
+                    Ok(prepared)
+                });
+            match prepared {
+                Ok(prepared) => {
+                    if prepared.is_scratch() {
+                        logger.info("dry run: /state is a scratch copy, removed after the call");
+                    }
+                    if let Some(note) = &prepared.note {
+                        logger.error(&format!("state directory read-only for this call: {note}"));
+                    }
+                    Some(prepared)
+                }
+                Err(e) => return (Reply::failure(e), logger),
+            }
         }
-    }
+    };
     let wasi = wasi.build();
-    let audit = Audit::new(&plugin.name, verb, dry_run);
+    let audit =
+        Audit::new(&plugin.name, verb, dry_run).with_line_limit(policy.limits.audit_line_bytes);
     let deadline = Duration::from_secs(match verb {
         "waitforattach" => policy.limits.wait_for_attach_deadline_seconds,
         _ => policy.limits.deadline_seconds,
@@ -126,13 +150,28 @@ pub fn run(
     let state = CallState {
         wasi,
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size((policy.limits.memory_mib << 20) as usize)
-            .build(),
+        limits: CallLimiter::new(&policy.limits),
         logger,
-        mounts: Mounts::new(&policy.mount, &call_targets(&call), audit.clone()),
-        block: Block::new(&policy.block, audit.clone()),
-        exec: Exec::new(&policy.exec, audit.clone()),
+        mounts: Mounts::new(
+            &policy.mount,
+            CallDirs::new(&call_targets(&call), &call_bind_sources(&call)),
+            &policy.limits,
+            audit.clone(),
+        )
+        .with_device_check(crate::caps::block::mount_device_check(
+            &policy.block,
+            &plugin.name,
+            &call_devices(&call),
+            dry_run,
+        )),
+        block: Block::new(
+            &policy.block,
+            &policy.limits,
+            &plugin.name,
+            &call_devices(&call),
+            audit.clone(),
+        ),
+        exec: Exec::new(&policy.exec, &policy.limits, audit.clone()),
         config: DriverConfig(policy.config.clone()),
         http_ctx: WasiHttpCtx::new(),
         http: Http::new(&policy.http, deadline_at, audit),
@@ -156,40 +195,88 @@ pub fn run(
         crate::reply_and_exit(&Reply::failure(message));
     });
 
+    // A call that grows its state directory past the limits is stopped, like one past its
+    // deadline, and fails naming the limit.
+    let state_watch = state_dir.as_ref().filter(|p| !p.read_only).map(|prepared| {
+        let stopper = engine.clone();
+        state::watch(prepared.dir.clone(), policy.limits, move || {
+            stopper.increment_epoch()
+        })
+    });
+
     timings.mark("store");
     let outcome = link(&engine, &component, &mut store).and_then(|linker| {
         timings.mark("link");
-        let driver = bindings::Driver::instantiate(&mut store, &component, &linker)?;
+        // Instantiated before its exports are looked up, so a component's start code runs
+        // (and meets the store's limits) even if it exports no verbs.
+        let instance = linker.instantiate(&mut store, &component)?;
+        let driver = bindings::Driver::new(&mut store, &instance)?;
         timings.mark("instantiate");
         call_verb(driver.flex_volume_verbs(), &mut store, call)
     });
     timings.mark("call");
-    let mut logger = store.into_data().logger;
+    let data = store.into_data();
+    let growth_limit = data.limits.hit;
+    let mut logger = data.logger;
     for (name, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
-        let text = pipe.contents();
-        if !text.is_empty() {
-            logger.log(
-                "info",
-                &format!("driver {name}"),
-                &String::from_utf8_lossy(&text),
-            );
-        }
+        // Within the same per-call budget as the driver's `log` import.
+        logger.driver_output(&format!("driver {name}"), &pipe.contents());
     }
+    // The state directory is measured once more at the end: a call that left it over its
+    // limits fails, however quickly it wrote.
+    let state_limit = state_watch.as_ref().and_then(|w| w.exceeded()).or_else(|| {
+        let prepared = state_dir.as_ref().filter(|p| !p.read_only)?;
+        let stop_at = policy.limits.state_files.saturating_add(1);
+        state::usage(&prepared.dir, stop_at)
+            .ok()?
+            .over(&policy.limits)
+    });
+    let outcome = match (outcome, state_limit) {
+        (_, Some(limit)) => Err(wasmtime::Error::msg(limit.clone()).context(StateLimit(limit))),
+        (outcome, None) => outcome,
+    };
     let reply = match outcome {
         Ok(reply) => reply,
         Err(e) => {
             logger.error(&format!("{e:?}"));
-            Reply::failure(crash_message(
-                &plugin.name,
-                verb,
-                &e,
-                &stderr.contents(),
-                deadline,
-            ))
+            // A limit the call ran into explains the trap or error better than the trap does.
+            let limit = e
+                .downcast_ref::<StateLimit>()
+                .map(|l| l.0.clone())
+                .or(growth_limit)
+                .or_else(|| {
+                    crate::limits::count_limit_in(&format!("{e:#}")).map(|name| {
+                        crate::limits::exceeded(name, "the component needs more at instantiation")
+                    })
+                });
+            match limit {
+                Some(limit) => Reply::failure(format!(
+                    "driver {} stopped during {verb}: {limit}",
+                    plugin.name
+                )),
+                None => Reply::failure(crash_message(
+                    &plugin.name,
+                    verb,
+                    &e,
+                    &stderr.contents(),
+                    deadline,
+                )),
+            }
         }
     };
+    drop(state_dir); // a dry run's scratch copy goes
     timings.write(&mut logger);
     (reply, logger)
+}
+
+/// The state directory's limit, carried through the call's error.
+#[derive(Debug)]
+struct StateLimit(String);
+
+impl std::fmt::Display for StateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 fn link(
@@ -216,18 +303,19 @@ fn link(
     Ok(linker)
 }
 
-/// The policy's `digest`: any other component is refused before it is loaded. Checked on
-/// every call (about 0.1 ms for a typical driver), so no cached artifact can bypass it.
-fn check_digest(component: &std::path::Path, expected: &str) -> Result<(), String> {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(component)
-        .map_err(|e| format!("driver component {}: {e}", component.display()))?;
-    let actual = format!("sha256:{:x}", Sha256::digest(&bytes));
+/// The policy's `digest` against the digest recorded in the artifact, i.e. of the exact bytes
+/// it was compiled from: no hashing per call, and no artifact of another component can pass.
+fn check_digest(
+    component: &std::path::Path,
+    recorded: &artifact::Digest,
+    expected: &str,
+) -> Result<(), String> {
+    let actual = artifact::digest_string(recorded);
     if actual.eq_ignore_ascii_case(expected) {
         return Ok(());
     }
     Err(format!(
-        "refusing driver component {}: its digest is {actual}, the policy requires {expected}",
+        "denied: refusing driver component {}: its digest is {actual}, the policy requires {expected}",
         component.display()
     ))
 }
@@ -237,6 +325,27 @@ fn call_targets(call: &Call) -> Vec<&str> {
     match call {
         Call::Mount { dir, .. } | Call::Unmount { dir } => vec![dir],
         Call::MountDevice { path, .. } | Call::UnmountDevice { path } => vec![path],
+        _ => vec![],
+    }
+}
+
+/// The devices kubelet handed to this call (named as such in the audit; see caps::block).
+fn call_devices(call: &Call) -> Vec<&str> {
+    match call {
+        Call::WaitForAttach { device, .. }
+        | Call::MountDevice { device, .. }
+        | Call::ExpandFs { device, .. } => vec![device],
+        _ => vec![],
+    }
+}
+
+/// Directories a driver may bind from without a grant: in `mount`, the volume's device mount
+/// path, which is what kubelet itself would bind.
+fn call_bind_sources(call: &Call) -> Vec<String> {
+    match call {
+        Call::Mount { dir, .. } => crate::caps::mounts::device_mount_path_for(dir)
+            .into_iter()
+            .collect(),
         _ => vec![],
     }
 }

@@ -124,7 +124,7 @@ impl Node {
     pub fn new() -> Node {
         let root = tempfile::Builder::new()
             .prefix("flex-node-")
-            .tempdir()
+            .tempdir_in(root_only_base())
             .expect("temp dir");
         for dir in ["plugins", "policy", "log", "pods"] {
             std::fs::create_dir_all(root.path().join(dir)).unwrap();
@@ -149,12 +149,13 @@ impl Node {
         executable
     }
 
+    /// Root-only (`0600`), as `flex install` leaves a policy that holds a credential: `flex`
+    /// refuses a world-readable policy whose `[config]` looks like it holds one.
     pub fn set_policy(&self, vendor_driver: &str, policy: &str) {
-        std::fs::write(
-            self.path("policy").join(format!("{vendor_driver}.toml")),
-            policy,
-        )
-        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path("policy").join(format!("{vendor_driver}.toml"));
+        std::fs::write(&path, policy).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     /// kubelet's device mount path of a PV for `vendor~driver`, created as kubelet does before
@@ -194,6 +195,9 @@ impl Node {
             .args(args)
             .env("FLEX_POLICY_DIR", self.path("policy"))
             .env("FLEX_LOG_DIR", self.path("log"))
+            .env("FLEX_STATE_DIR", self.path("state"))
+            .env("FLEX_RUN_DIR", self.path("run"))
+            .env("FLEX_CACHE_DIR", self.cache_dir())
             .env_remove("FLEX_COMPONENT")
             .stdin(std::process::Stdio::null())
             .output()
@@ -349,6 +353,9 @@ impl Node {
             .args(args)
             .env("FLEX_POLICY_DIR", self.path("policy"))
             .env("FLEX_LOG_DIR", self.path("log"))
+            .env("FLEX_CACHE_DIR", self.cache_dir())
+            .env("FLEX_STATE_DIR", self.path("state"))
+            .env("FLEX_RUN_DIR", self.path("run"))
             .env_remove("FLEX_COMPONENT")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -389,9 +396,14 @@ pub struct LocalHttpServer {
 
 impl LocalHttpServer {
     pub fn start() -> LocalHttpServer {
+        LocalHttpServer::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// The same server on another of the node's addresses (e.g. its own interface address).
+    pub fn start_on(ip: std::net::IpAddr) -> LocalHttpServer {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind the test server");
         listener.set_nonblocking(true).unwrap();
         let server = LocalHttpServer {
             port: listener.local_addr().unwrap().port(),
@@ -605,4 +617,39 @@ pub fn kubelet_bind(from: &Path, to: &Path) {
 
 pub fn kubelet_unbind(dir: &Path) {
     nix::mount::umount(dir).unwrap();
+}
+
+impl Node {
+    /// The node's artifact cache (`FLEX_CACHE_DIR` of every call), created by flex on first use.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.path("cache")
+    }
+
+    /// The compiled artifacts (`*.cwasm`) in the node's cache, sorted.
+    pub fn artifacts(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.cache_dir()) else {
+            return Vec::new();
+        };
+        let mut found: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+/// Where nodes live: a directory only root can change, all the way up, as on a real node
+/// (`flex` refuses image dirs and its device registry anywhere else; `/tmp` is writable by
+/// everyone).
+pub fn root_only_base() -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = PathBuf::from("/var/lib/flex-tests");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&base)
+        .expect("create /var/lib/flex-tests");
+    base
 }

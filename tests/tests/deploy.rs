@@ -118,6 +118,13 @@ fn daemonset_paths_agree() {
     );
     assert_eq!(daemonset_field("mounts['policy-dir']"), "/etc/flex/policy");
     assert_eq!(daemonset_field("host['policy-dir']"), "/etc/flex/policy");
+    // install precompiles into the root-only cache, which must be the host's.
+    assert_eq!(
+        daemonset_field("env['FLEX_CACHE_DIR']"),
+        "/var/cache/flex/artifacts"
+    );
+    assert_eq!(daemonset_field("mounts['cache-dir']"), "/var/cache/flex");
+    assert_eq!(daemonset_field("host['cache-dir']"), "/var/cache/flex");
     // The image lays the drivers out where the script looks for them.
     let share = daemonset_field("env['FLEX_SHARE']");
     let containerfile = std::fs::read_to_string(deploy_dir().join("Containerfile")).unwrap();
@@ -161,6 +168,7 @@ fn daemonset_script_installs_drivers() {
         .env("PLUGIN_DIR", node.path("plugins"))
         .env("FLEX_POLICY_DIR", node.path("policy"))
         .env("FLEX_LOG_DIR", node.path("log"))
+        .env("FLEX_CACHE_DIR", node.cache_dir())
         .env("FLEX_SHARE", &share)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -193,6 +201,7 @@ fn daemonset_script_installs_drivers() {
         seen.iter().any(|l| l.starts_with("flex~tmpfs\tsha256:")),
         "flex list output: {seen:?}"
     );
+    assert_eq!(node.artifacts().len(), 1, "precompiled into the cache");
     let driver = node.path("plugins/flex~tmpfs/tmpfs");
     assert_eq!(
         node.run(&driver, &["init"]).success()["capabilities"]["attach"],

@@ -300,15 +300,31 @@ fn lifecycle() {
     n.run(&["mountdevice", dmp_arg, &device, &json]).success();
     assert_eq!(mounts_at(&dmp).len(), 1);
 
-    // mount is Not supported: kubelet (the test) bind-mounts the device mount path.
-    let pod = n.pod_dir("pod-a", "data");
+    // The driver binds the device mount path into the pod, read-only when asked, always
+    // nosuid,nodev.
+    let pod = n.pod_dir("pod-a", pv);
     let pod_arg = pod.to_str().unwrap();
-    let mount = n.run(&["mount", pod_arg, &mount_json(pv, false, None, &[])]);
-    assert_eq!((mount.status(), mount.code), ("Not supported".into(), 1));
-    kubelet_bind(&dmp, &pod);
+    n.run(&["mount", pod_arg, &mount_json(pv, false, None, &[])])
+        .success();
+    let bound = mounts_at(&pod);
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    assert!(bound[0].options.iter().any(|o| o == "nosuid"), "{bound:?}");
     std::fs::write(pod.join("data.txt"), b"on an EBS volume").unwrap();
-    assert_eq!(n.run(&["unmount", pod_arg]).status(), "Not supported");
-    kubelet_unbind(&pod);
+    n.run(&["unmount", pod_arg]).success();
+    assert!(mounts_at(&pod).is_empty());
+    let read_only = n.pod_dir("pod-b", pv);
+    let read_only_arg = read_only.to_str().unwrap();
+    n.run(&["mount", read_only_arg, &mount_json(pv, true, None, &[])])
+        .success();
+    assert!(
+        std::fs::write(read_only.join("x"), b"x").is_err(),
+        "read-only bind"
+    );
+    assert_eq!(
+        std::fs::read(read_only.join("data.txt")).unwrap(),
+        b"on an EBS volume"
+    );
+    n.run(&["unmount", read_only_arg]).success();
     n.run(&["unmountdevice", dmp_arg]).success();
     assert!(mounts_at(&dmp).is_empty());
     n.run(&["unmountdevice", dmp_arg]).success();

@@ -1,6 +1,7 @@
 //! `flex install` / `flex uninstall` lay a driver out as kubelet expects, atomically.
 
 use flex_tests::*;
+use std::os::unix::fs::MetadataExt;
 
 fn listing(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
@@ -43,13 +44,17 @@ fn install_upgrade_and_uninstall() {
         "no staging leftovers"
     );
     let dir = plugins.join("acme~tmpfs");
-    let files = listing(&dir);
-    assert_eq!(files.len(), 3, "{files:?}");
-    assert!(
-        files[0].starts_with(".tmpfs.wasm.") && files[0].ends_with(".cwasm"),
-        "precompiled: {files:?}"
+    // Precompiled into the root-only cache, never into the plugin dir containers share.
+    assert_eq!(listing(&dir), ["tmpfs", "tmpfs.wasm"]);
+    let cache = node.cache_dir().metadata().unwrap();
+    assert_eq!((cache.uid(), cache.mode() & 0o7777), (0, 0o700));
+    let artifacts = node.artifacts();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert_eq!(
+        artifact_inode(&artifacts[0]),
+        inode(&dir.join("tmpfs.wasm"))
     );
-    assert_eq!(&files[1..], ["tmpfs", "tmpfs.wasm"]);
+    assert_eq!((artifacts[0].metadata().unwrap().mode() & 0o7777), 0o600);
     assert_eq!(
         std::fs::read_to_string(node.path("policy/acme~tmpfs.toml")).unwrap(),
         shipped_policy("tmpfs")
@@ -61,11 +66,12 @@ fn install_upgrade_and_uninstall() {
     );
     // A lost (or, after a CPU change, rejected) artifact is rebuilt by the installed driver
     // itself, with the plugin dir's compiler.
-    std::fs::remove_file(dir.join(&files[0])).unwrap();
+    std::fs::remove_file(&artifacts[0]).unwrap();
     node.run(&dir.join("tmpfs"), &["init"]).success();
     assert!(node.log().contains("compiled"), "{}", node.log());
-    assert!(
-        dir.join(&files[0]).is_file(),
+    assert_eq!(
+        node.artifacts(),
+        artifacts,
         "the artifact was written again"
     );
 
@@ -88,14 +94,15 @@ fn install_upgrade_and_uninstall() {
     );
     let reply = node.run(&dir.join("tmpfs"), &["init"]).success();
     assert_eq!(reply["capabilities"]["attach"], false);
+    // The replaced components' artifacts went with them (also those a concurrent call
+    // compiled while the upgrade removed its component).
+    let artifacts = node.artifacts();
+    assert_eq!(artifacts.len(), 1, "no stale artifact: {artifacts:?}");
     assert_eq!(
-        listing(&dir)
-            .iter()
-            .filter(|n| n.ends_with(".cwasm"))
-            .count(),
-        1,
-        "no stale artifact"
+        artifact_inode(&artifacts[0]),
+        inode(&dir.join("tmpfs.wasm"))
     );
+    assert_eq!(listing(&dir), ["tmpfs", "tmpfs.wasm"]);
     assert_eq!(listing(&plugins), [".flex-compile", "acme~tmpfs"]);
 
     let out = node.run(
@@ -112,6 +119,22 @@ fn install_upgrade_and_uninstall() {
         listing(&plugins).is_empty(),
         "the last driver takes the compiler with it"
     );
+    assert_eq!(
+        node.artifacts(),
+        Vec::<std::path::PathBuf>::new(),
+        "and its artifact"
+    );
+}
+
+/// `<dev>-<ino>` of a file, as an artifact's name starts.
+fn inode(path: &std::path::Path) -> String {
+    let meta = path.metadata().unwrap();
+    format!("{:x}-{:x}", meta.dev(), meta.ino())
+}
+
+fn artifact_inode(artifact: &std::path::Path) -> String {
+    let name = artifact.file_name().unwrap().to_string_lossy().into_owned();
+    name.splitn(3, '-').take(2).collect::<Vec<_>>().join("-")
 }
 
 #[test]
@@ -143,15 +166,19 @@ fn bad_installs_leave_nothing_behind() {
             ],
             "invalid driver name",
         ),
-        (vec!["install", "acme~x"], "usage"),
+        (vec!["install", "acme~x"], "Usage: flex install"),
     ] {
         let out = node.run(&flex, &args);
-        assert_eq!(out.code, 1, "{args:?}");
-        assert!(out.stdout.contains(expected), "{args:?}: {}", out.stdout);
+        // A usage error exits 2, a refused install 1; both explain themselves on stderr.
+        let code = if expected.starts_with("Usage") { 2 } else { 1 };
+        assert_eq!(out.code, code, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(expected), "{args:?}: {}", out.stderr);
+        assert_eq!(out.stdout, "", "{args:?}");
         assert!(
             listing(&plugins).is_empty(),
             "{args:?} left {:?}",
             listing(&plugins)
         );
+        assert!(node.artifacts().is_empty(), "{args:?}");
     }
 }

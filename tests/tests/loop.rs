@@ -174,7 +174,7 @@ fn lifecycle(fs: &str, size: u64, grown: u64) {
     let json = base_json(&pv, fs, &[]);
     let dmp = n.device_mount_path(&pv);
     let dmp_arg = dmp.to_str().unwrap();
-    let pod = n.pod_dir("pod-a", "data");
+    let pod = n.pod_dir("pod-a", &pv);
     let pod_arg = pod.to_str().unwrap();
     let mut t = Timings::default();
 
@@ -201,17 +201,24 @@ fn lifecycle(fs: &str, size: u64, grown: u64) {
     let mounted = mounts_at(&dmp);
     assert_eq!(mounted.len(), 1, "{mounted:?}");
     assert_eq!(mounted[0].fs_type, fs);
-    // `mount` is Not supported: kubelet bind-mounts the device mount path itself. The test
-    // plays kubelet here.
-    let mount = t.run(&n, &["mount", pod_arg, &mount_json(&pv, false, None, &[])]);
-    assert_eq!((mount.status(), mount.code), ("Not supported".into(), 1));
-    kubelet_bind(&dmp, &pod);
+    // The driver binds the device mount path into the pod itself, hardened: kubelet's own
+    // fallback bind would carry neither nosuid nor nodev. Retried, it is still one mount.
+    for _ in 0..2 {
+        t.run(&n, &["mount", pod_arg, &mount_json(&pv, false, None, &[])])
+            .success();
+    }
+    let bound = mounts_at(&pod);
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    for flag in ["nosuid", "nodev", "rw"] {
+        assert!(bound[0].options.iter().any(|o| o == flag), "{bound:?}");
+    }
     std::fs::write(pod.join("data.txt"), b"survives detach and growth").unwrap();
     let small = fs_bytes(&pod);
 
-    let unmount = t.run(&n, &["unmount", pod_arg]);
-    assert_eq!(unmount.status(), "Not supported");
-    kubelet_unbind(&pod);
+    for _ in 0..2 {
+        t.run(&n, &["unmount", pod_arg]).success();
+    }
+    assert!(mounts_at(&pod).is_empty());
     t.run(&n, &["unmountdevice", dmp_arg]).success();
     assert!(mounts_at(&dmp).is_empty());
     t.run(&n, &["detach", &pv, NODE]).success();
@@ -232,7 +239,8 @@ fn lifecycle(fs: &str, size: u64, grown: u64) {
     assert_eq!(waited["device"], device.as_str());
     t.run(&n, &["mountdevice", dmp_arg, &device, &json])
         .success();
-    kubelet_bind(&dmp, &pod);
+    t.run(&n, &["mount", pod_arg, &mount_json(&pv, false, None, &[])])
+        .success();
     assert_eq!(
         std::fs::read(pod.join("data.txt")).unwrap(),
         b"survives detach and growth"
@@ -517,8 +525,8 @@ fn provision_delete_and_inline_volumes() {
 
 /// Teardown in kubelet's order, then the provisioner deletes the volume.
 fn teardown(n: &LoopNode, pv: &str, pod: &Path, dmp: &Path, t: &mut Timings) {
-    t.run(n, &["unmount", pod.to_str().unwrap()]);
-    kubelet_unbind(pod);
+    t.run(n, &["unmount", pod.to_str().unwrap()]).success();
+    assert!(mounts_at(pod).is_empty());
     t.run(n, &["unmountdevice", dmp.to_str().unwrap()])
         .success();
     t.run(n, &["detach", pv, NODE]).success();
@@ -548,7 +556,8 @@ fn fs_uuid(device: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// The pid of a running `mkfs.*` whose arguments name `device`, if any.
+/// The pid of a running `mkfs.*` that has `device` open, if any (the host hands mkfs the
+/// checked descriptor as `/proc/self/fd/N`, never the device's name).
 fn mkfs_running_on(device: &str) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
@@ -560,7 +569,14 @@ fn mkfs_running_on(device: &str) -> Option<u32> {
             let is_mkfs = args
                 .first()
                 .is_some_and(|a| a.windows(5).any(|w| w == b"mkfs."));
-            (is_mkfs && args.contains(&device.as_bytes())).then_some(pid)
+            let has_device = || {
+                std::fs::read_dir(entry.path().join("fd"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == Path::new(device)))
+            };
+            (is_mkfs && has_device()).then_some(pid)
         })
 }
 

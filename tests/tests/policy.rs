@@ -60,7 +60,7 @@ fn inspect_shows_imports_and_what_the_policy_grants() {
     std::fs::write(
         &policy,
         format!(
-            "{}\n[exec]\nprograms = [\"/usr/bin/true\"]\n",
+            "{}\n[[exec.programs]]\npath = \"/usr/bin/true\"\nargs = []\n",
             shipped_policy("tmpfs")
         ),
     )
@@ -117,11 +117,12 @@ fn invalid_capability_tables_fail_every_verb() {
     for (table, problem) in [
         ("[http]\ndestinations = [\"ftp://x\"]", "http.destinations"),
         ("[http]\naddresses = [\"10.0.0.0/99\"]", "http.addresses"),
-        ("[exec]\nprograms = [\"sh\"]", "exec.programs"),
         (
-            "[exec]\nprograms = [\"/bin/true\"]\nenv = []",
-            "unknown field `env`",
+            "[[exec.programs]]\npath = \"sh\"\nargs = []",
+            "not a normalized absolute path",
         ),
+        ("[exec]\nprograms = [\"/bin/true\"]", "[[exec.programs]]"),
+        ("[exec]\nenvironment = []", "unknown field `environment`"),
         ("[block]\nimage_dir = \"relative\"", "block.image_dir"),
         ("[state]\ndir = \"relative\"", "state.dir"),
         ("digest = \"md5:abc\"", "digest must be sha256"),

@@ -6,6 +6,7 @@ pub mod exec;
 pub mod http;
 pub mod log;
 pub mod mounts;
+pub mod paths;
 pub mod state;
 
 /// Glob patterns from a policy, compiled once per call. `*` never crosses a `/`.

@@ -36,12 +36,17 @@
 //! - `isattached`, `detach <pv> <node>` (DetachVolume, wait until detached; already detached
 //!   is success).
 //! - `waitforattach`: the device (looked up in EC2 when kubelet passes none) must appear on
-//!   the node within `wait_for_device_seconds`.
+//!   the node within `wait_for_device_seconds`, under its EC2 name or, on Nitro instances,
+//!   udev's stable NVMe name `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol…` (which the
+//!   policy must grant; the reply names the one that appeared).
 //! - `mountdevice` / `unmountdevice`: [`flex_sdk::filesystem::mount_device`] (format only a
 //!   blank device, never reformat), unmount if mounted.
 //!
-//! `mount`/`unmount`/`getvolumename` answer `Not supported`: kubelet bind-mounts the device
-//! mount path into pods itself and uses the PV name.
+//! - `mount` / `unmount`: bind the device mount path onto the pod directory with
+//!   `nosuid,nodev` (`ro` for a read-only volume) and undo it, because kubelet's own fallback
+//!   bind carries neither flag ([`flex_sdk::pod`]).
+//!
+//! `getvolumename` answers `Not supported`: kubelet uses the PV name.
 
 mod ec2;
 
@@ -307,13 +312,35 @@ impl Driver for Ebs {
             device
         };
         let seconds = config_number("wait_for_device_seconds", 120)?;
-        let timeout_ms = u32::try_from(seconds.saturating_mul(1000)).unwrap_or(u32::MAX);
-        if !block::wait_for_device(&device, timeout_ms)? {
-            return Err(failure(format!(
-                "{device} did not appear on this node within {seconds} s"
-            )));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        // On Nitro instances the disk is an NVMe device whatever name EC2 was given; udev's
+        // stable link names the volume. Looked up (one EC2 call) only if the EC2 name is not
+        // there at once; used only if the policy grants it.
+        let mut stable: Option<Option<String>> = None;
+        loop {
+            let named = block::wait_for_device(&device, 0);
+            if matches!(named, Ok(true)) {
+                return Ok(device);
+            }
+            let stable = stable.get_or_insert_with(|| stable_device_path(&options).ok());
+            if let Some(name) = stable.clone() {
+                match block::wait_for_device(&name, 0) {
+                    Ok(true) => return Ok(name),
+                    Ok(false) => {}
+                    // Not granted: not asked again (each refusal is audited).
+                    Err(_) => *stable = None,
+                }
+            }
+            // A refusal of the EC2 name (e.g. a symlink to an NVMe name the policy does not
+            // grant) is final.
+            named?;
+            if Instant::now() >= deadline {
+                return Err(failure(format!(
+                    "{device} did not appear on this node within {seconds} s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(device)
     }
 
     fn mount_device(device_mount_path: String, device: String, options: Options) -> Result<()> {
@@ -338,6 +365,14 @@ impl Driver for Ebs {
             mounts::unmount(&device_mount_path)?;
         }
         Ok(())
+    }
+
+    fn mount(target_dir: String, options: Options) -> Result<()> {
+        flex_sdk::pod::bind_device_mount(&target_dir, options.read_only)
+    }
+
+    fn unmount(target_dir: String) -> Result<()> {
+        flex_sdk::pod::unbind(&target_dir)
     }
 }
 
@@ -611,6 +646,18 @@ fn node_device_path(ec2_device: &str) -> Result<String> {
         })?;
     let prefix = config::get("device_path_prefix").unwrap_or_else(|| EC2_DEVICE_PREFIX.into());
     Ok(format!("{prefix}{letter}"))
+}
+
+/// udev's stable name of the volume's disk on Nitro instances (NVMe): the volume id without
+/// its dash, e.g. `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0`.
+fn stable_device_path(options: &Options) -> Result<String> {
+    let pv = volume_name(options)?;
+    let volume = find_volume(&client(options)?, pv)?
+        .ok_or_else(|| failure(format!("{pv} has no EC2 volume (tag {TAG_PV}={pv})")))?;
+    Ok(format!(
+        "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}",
+        volume.id.replace('-', "")
+    ))
 }
 
 /// The node device of a volume that is attached (kubelet passed no device).

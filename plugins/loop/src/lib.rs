@@ -18,13 +18,13 @@
 //!   `fsType` it is mounted as it is, with an explicit one the call fails.
 //! - `unmountdevice`: unmount if mounted. `expandfs`: grow the image and its loop device, then
 //!   the mounted file system, online.
+//! - `mount` / `unmount`: bind the device mount path onto the pod directory with
+//!   `nosuid,nodev` (and `ro` for a read-only volume), and undo it. kubelet's own fallback
+//!   bind (when a driver answers `Not supported`) carries neither flag, so the hardening of the
+//!   device mount would not reach the pod. The host allows exactly this bind without a grant.
 //!
-//! `mount` / `unmount` answer `Not supported`, on purpose: kubelet then does exactly what this
-//! driver would do, bind-mount the device mount path onto the pod directory (and clean it up
-//! on unmount), and it caches `Not supported` per verb, so pods cost no driver exec at all.
-//! A driver bind mount would also need a `[mount]` grant for bind sources under kubelet's
-//! directory, which this policy does not have to give. `getvolumename` is `Not supported` too:
-//! kubelet ignores its answer and uses the PV name, which is what `detach` receives.
+//! `getvolumename` is `Not supported`: kubelet ignores its answer and uses the PV name, which
+//! is what `detach` receives.
 
 use flex_sdk::{Capabilities, Driver, Options, Result, block, failure, log, mounts};
 
@@ -163,6 +163,14 @@ impl Driver for Loop {
             "mounted {device} ({fs_type}) on {device_mount_path}"
         ));
         Ok(())
+    }
+
+    fn mount(target_dir: String, options: Options) -> Result<()> {
+        flex_sdk::pod::bind_device_mount(&target_dir, options.read_only)
+    }
+
+    fn unmount(target_dir: String) -> Result<()> {
+        flex_sdk::pod::unbind(&target_dir)
     }
 
     fn unmount_device(device_mount_path: String) -> Result<()> {

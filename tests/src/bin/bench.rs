@@ -44,6 +44,7 @@ fn exec(program: &Path, args: &[String], node: &Node, extra_env: &[(&str, &str)]
         .args(args)
         .env("FLEX_POLICY_DIR", node.path("policy"))
         .env("FLEX_LOG_DIR", node.path("log"))
+        .env("FLEX_CACHE_DIR", node.cache_dir())
         .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -216,6 +217,21 @@ fn main() {
                 } else {
                     String::new()
                 }
+            );
+        }
+    }
+    if let Some(b) = subjects.iter().position(|s| s.name == "flex baseline") {
+        println!();
+        println!("flex against the baseline build, same run (positive: this build is slower):");
+        println!("| verb | median Δ ms | p99 Δ ms | median ratio |");
+        println!("|---|---|---|---|");
+        for verb in VERBS {
+            let (now, before) = (&table[2][verb], &table[b][verb]);
+            println!(
+                "| `{verb}` | {:+.3} | {:+.3} | {:.3}× |",
+                ms(now.median) - ms(before.median),
+                ms(now.p99) - ms(before.p99),
+                now.median.as_secs_f64() / before.median.as_secs_f64()
             );
         }
     }
@@ -460,6 +476,7 @@ fn instruction_counts(
                 .args(args)
                 .env("FLEX_POLICY_DIR", node.path("policy"))
                 .env("FLEX_LOG_DIR", node.path("log"))
+                .env("FLEX_CACHE_DIR", node.cache_dir())
                 .stdin(Stdio::null())
                 .output()
                 .ok()?;
@@ -471,16 +488,9 @@ fn instruction_counts(
         return None;
     }
     // valgrind's virtual CPU lacks some host CPU features, so native artifacts do not load
-    // under it: install into a plugin dir of its own and compile there under valgrind.
+    // under it: install a copy of its own (another component file, so another artifact),
+    // whose natively precompiled artifact is rejected under valgrind and rebuilt there.
     let flex = install_flex(&flex_binary(), node, &node.path("plugins-valgrind"));
-    let _ = std::fs::read_dir(flex.parent().unwrap()).map(|entries| {
-        entries
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
-            .for_each(|e| {
-                let _ = std::fs::remove_file(e.path());
-            })
-    });
     let warm = Command::new("valgrind")
         .args(["--tool=none", "--trace-children=yes", "-q"])
         .arg(&flex)
@@ -491,6 +501,7 @@ fn instruction_counts(
         )
         .env("FLEX_POLICY_DIR", node.path("policy"))
         .env("FLEX_LOG_DIR", node.path("log"))
+        .env("FLEX_CACHE_DIR", node.cache_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -508,6 +519,7 @@ fn instruction_counts(
             .args(args)
             .env("FLEX_POLICY_DIR", node.path("policy"))
             .env("FLEX_LOG_DIR", node.path("log"))
+            .env("FLEX_CACHE_DIR", node.cache_dir())
             .stdin(Stdio::null())
             .output()
             .ok()?;
