@@ -2,6 +2,8 @@
 #   rustup target add wasm32-wasip2
 CARGO ?= cargo
 GUESTS := -p flex-tmpfs -p flex-hostile -p flex-loop -p flex-ebs
+# Where cargo puts the binaries: CARGO_TARGET_DIR is honoured.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 .PHONY: build demo test lint bench
 
@@ -14,11 +16,11 @@ build:
 	$(CARGO) rustc --release -p flex --bin flex -- -C target-feature=+crt-static
 	$(CARGO) build --release -p flex --features compiler --bin flex-compile
 	$(CARGO) build --release --target wasm32-wasip2 $(GUESTS)
+# The man pages (flex.1, flex-install.1, ...), from the same definitions as `flex help`.
+	$(TARGET_DIR)/release/flex completions man --dir $(TARGET_DIR)/release/man
 
 # A tmpfs volume's lifecycle, exec'd exactly as kubelet does it (needs root).
 # The demo copies `flex` alone into its plugin dir: its first call finds the compiler here.
-# CARGO_TARGET_DIR is honoured (the demo looks for the binaries there).
-TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 demo: export FLEX_COMPILER = $(TARGET_DIR)/release/flex-compile
 demo: export FLEX_TARGET_DIR = $(TARGET_DIR)
 demo: build
@@ -26,7 +28,7 @@ demo: build
 
 # Unit tests, then end-to-end tests through the real binary (needs root: real mounts).
 test: build
-	$(CARGO) test --release -p flex -p flex-guest-sdk -p flex-tmpfs -p flex-tests --lib --bins --tests
+	$(CARGO) test --release --no-fail-fast -p flex -p flex-guest-sdk -p flex-tmpfs -p flex-tests --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --all --check

@@ -171,10 +171,10 @@ fn purge_list(name: &str) -> Vec<PathBuf> {
         None => paths.push(root.join(name)),
     }
     let own_images = root.join("images").join(name);
-    if let Some(dir) = policy.as_ref().and_then(|p| p.block.image_dir.clone()) {
-        if dir.starts_with(&own_images) {
-            paths.push(dir);
-        }
+    if let Some(dir) = policy.as_ref().and_then(|p| p.block.image_dir.clone())
+        && dir.starts_with(&own_images)
+    {
+        paths.push(dir);
     }
     paths.push(own_images);
     paths.dedup();

@@ -58,6 +58,20 @@ fn handle(args: &[String]) -> Reply {
     let reply = match protocol::parse(verb, verb_args) {
         Ok(call) => match policy::load(&plugin.name) {
             Ok(policy) => {
+                // A development call names its component: the log says which policy it got
+                // (`flex run` makes the choice explicit).
+                if component_flag.is_some() || std::env::var_os("FLEX_COMPONENT").is_some() {
+                    let path = policy::policy_path(&plugin.name);
+                    let absent = if path.exists() {
+                        ""
+                    } else {
+                        " (absent: nothing granted)"
+                    };
+                    logger.info(&format!(
+                        "development call: policy {}{absent}",
+                        path.display()
+                    ));
+                }
                 let (reply, returned) = runtime::run(&plugin, &policy, call, verb, logger, dry_run);
                 logger = returned;
                 reply

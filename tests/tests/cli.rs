@@ -112,6 +112,19 @@ fn completions_and_man_page_come_from_the_same_definitions() {
     }
     let out = flex(&node, &["completions", "man"]);
     assert_eq!(out.code, 0);
+    let dir = node.path("man");
+    let pages = flex(&node, &["completions", "man", "--dir", s(&dir)]);
+    assert_eq!(pages.code, 0, "{pages:?}");
+    for page in [
+        "flex.1",
+        "flex-install.1",
+        "flex-logs.1",
+        "flex-policy-check.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH flex"), "{page}");
+    }
     assert!(
         out.stdout.contains(".TH flex 1") && out.stdout.contains("install"),
         "{}",
@@ -369,6 +382,15 @@ fn the_development_loop_names_its_policy_and_shows_log_and_audit() {
         "{message}"
     );
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+
+    // The older development flag stays a driver call; the log names the policy it got.
+    let out = flex(&node, &["--component", s(&tmpfs), "init"]);
+    assert_driver_reply(&out, "--component");
+    let expected = format!(
+        "development call: policy {} (absent: nothing granted)",
+        node.path("policy/flex_tmpfs.toml").display()
+    );
+    assert!(node.log().contains(&expected), "{}", node.log());
 }
 
 fn log_line(t: u64, driver: &str, verb: &str, level: &str, message: &str, pid: u64) -> String {
@@ -713,7 +735,9 @@ fn policy_check_by_file_or_installed_name_with_warnings_and_json() {
         "/nonexistent/tool does not exist",
     ] {
         assert!(
-            out.stderr.contains(&format!("warning: ")) && out.stderr.contains(warning),
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with("warning: ") && l.contains(warning)),
             "{}",
             out.stderr
         );
@@ -983,4 +1007,48 @@ fn doctor_on_a_healthy_and_a_broken_node() {
     let out = flex(&node, &["doctor", "--plugin-dir", s(&node.path("nowhere"))]);
     assert_eq!(out.code, 1);
     assert!(out.stdout.contains("does not exist"), "{}", out.stdout);
+}
+
+#[test]
+fn inspect_tells_an_import_that_would_not_link_from_one_not_granted() {
+    let node = Node::new();
+    let component = node.path("odd.wasm");
+    let bytes = wat::parse_str(
+        r#"(component
+            (import "acme:storage/magic" (instance))
+            (import "flex:volume/block@0.1.0" (instance))
+            (import "wasi:clocks/monotonic-clock@0.2.6" (instance)))"#,
+    )
+    .unwrap();
+    std::fs::write(&component, bytes).unwrap();
+    let empty = node.path("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let out = flex(&node, &["inspect", s(&component), "--policy", s(&empty)]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "would not link (flex provides no such interface; every call fails): acme:storage/magic\n"
+        ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("linked but not granted (every use is refused): flex:volume/block@0.1.0\n"),
+        "{}",
+        out.stdout
+    );
+    let out = flex(&node, &["inspect", s(&component), "--json", "--strict"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let report: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(report["would_not_link"], json!(["acme:storage/magic"]));
+    assert_eq!(report["not_granted"], json!(["flex:volume/block@0.1.0"]));
+    // The skeleton has the table the block import needs, and only that.
+    let out = flex(&node, &["inspect", s(&component), "--suggest-policy", "-"]);
+    assert!(
+        out.stdout.contains("\n[block]\ndevices = []\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("[mount]"), "{}", out.stdout);
 }

@@ -321,11 +321,12 @@ fn loader_and_shell_variables_cannot_be_granted_even_when_listed() {
         );
         let file = node.path("policy").join(format!("{DRIVER}.toml"));
         let check = node.run(&flex_binary(), &["policy", "check", file.to_str().unwrap()]);
-        assert_eq!(check.code, 1, "{}", check.stdout);
+        // `flex policy check` reports errors on stderr (issue 13).
+        assert_eq!(check.code, 1, "{}", check.stderr);
         assert!(
-            check.stdout.contains("can never be granted"),
+            check.stderr.contains("can never be granted"),
             "{}",
-            check.stdout
+            check.stderr
         );
     }
     assert!(!pwned.exists());

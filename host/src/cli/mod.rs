@@ -164,7 +164,12 @@ enum Command {
     #[command(
         after_help = "Examples:\n  flex completions bash > /etc/bash_completion.d/flex\n  flex completions man > /usr/share/man/man1/flex.1"
     )]
-    Completions { shell: Generated },
+    Completions {
+        shell: Generated,
+        /// man only: write flex.1 and one page per subcommand (flex-install.1, ...) into DIR
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -300,6 +305,16 @@ pub struct AuditArgs {
 
 /// Runs an operator command; returns the exit code. Usage errors exit 2 from clap itself.
 pub fn main(args: Vec<String>) -> i32 {
+    // A person's command: a crash is reported on stderr, not as a FlexVolume reply, and
+    // `flex logs | head` ends quietly as other tools do.
+    std::panic::set_hook(Box::new(|info| eprintln!("flex: internal error: {info}")));
+    // SAFETY: no other thread exists yet; the default action needs no handler.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -318,7 +333,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Audit(a) => logs::audit(&a),
         Command::Run(a) => run::command(a),
         Command::Doctor(a) => doctor::command(&a),
-        Command::Completions { shell } => completions(shell).map(|()| 0),
+        Command::Completions { shell, dir } => completions(shell, dir).map(|()| 0),
     };
     match result {
         Ok(code) => code,
@@ -334,15 +349,20 @@ fn print(text: String) -> i32 {
     0
 }
 
-fn completions(what: Generated) -> Result<(), String> {
+fn completions(what: Generated, dir: Option<PathBuf>) -> Result<(), String> {
     use clap_complete::Shell;
     let mut command = Cli::command();
     let mut out = std::io::stdout();
-    let shell = match what {
-        Generated::Bash => Shell::Bash,
-        Generated::Zsh => Shell::Zsh,
-        Generated::Fish => Shell::Fish,
-        Generated::Man => {
+    let shell = match (what, dir) {
+        (Generated::Bash, _) => Shell::Bash,
+        (Generated::Zsh, _) => Shell::Zsh,
+        (Generated::Fish, _) => Shell::Fish,
+        (Generated::Man, Some(dir)) => {
+            return std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(command, &dir))
+                .map_err(|e| format!("write the man pages into {}: {e}", dir.display()));
+        }
+        (Generated::Man, None) => {
             return clap_mangen::Man::new(command)
                 .render(&mut out)
                 .map_err(|e| format!("write the man page: {e}"));
