@@ -180,6 +180,12 @@ fn main() {
     let instructions = instruction_counts(&node, &mut subjects, callgrind_runs);
     let concurrent: Vec<Stats> = subjects.iter().map(|s| concurrent_init(s, &node)).collect();
     let phases = phase_breakdown(&flex, &subjects[2], &node, runs.min(100));
+    // The same phases of the baseline: its `call` phase of `mount` is the capability layer's
+    // in-process cost there (checks plus the mount system calls), to compare with this one's.
+    let baseline_phases = subjects
+        .iter()
+        .position(|s| s.name == "flex baseline")
+        .map(|b| phase_breakdown(&subjects[b].program, &subjects[b], &node, runs.min(100)));
 
     // Report.
     println!(
@@ -280,6 +286,19 @@ fn main() {
             continue;
         }
         println!("| {phase} | {} |", cells.join(" | "));
+    }
+    if let Some(before) = &baseline_phases {
+        println!();
+        println!("The `call` phase (the verb itself: checks and system calls), median µs:");
+        println!("| verb | this build | baseline | Δ |");
+        println!("|---|---|---|---|");
+        for ((verb, now), (_, then)) in phases.iter().zip(before) {
+            let (Some(now), Some(then)) = (now.get("call"), then.get("call")) else {
+                continue;
+            };
+            let delta = *now as i64 - *then as i64;
+            println!("| `{verb}` | {now} | {then} | {delta:+} |");
+        }
     }
     println!();
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64;
