@@ -40,6 +40,18 @@ fn attack_on(
     )
 }
 
+/// A granted tmpfs mount onto `dir`, which must succeed.
+fn mount_tmpfs(node: &Node, driver: &Path, dir: &Path) {
+    attack_on(
+        node,
+        driver,
+        dir,
+        "mount-options",
+        &[("options", "size=1m")],
+    )
+    .success();
+}
+
 fn pod(node: &Node, name: &str) -> PathBuf {
     node.volume_dir(DRIVER, name, "vol")
 }
@@ -86,14 +98,7 @@ fn comma_joined_options_cannot_smuggle_a_second_option() {
 fn every_mount_is_nosuid_nodev_unless_the_policy_says_otherwise() {
     let (node, driver) = hostile_node("");
     let dir = pod(&node, "p2");
-    attack_on(
-        &node,
-        &driver,
-        &dir,
-        "mount-options",
-        &[("options", "size=1m")],
-    )
-    .success();
+    mount_tmpfs(&node, &driver, &dir);
     let options = options_of(&dir);
     for flag in ["nosuid", "nodev"] {
         assert!(options.iter().any(|o| o == flag), "{options:?}");
@@ -142,14 +147,7 @@ fn with_policy_extra(node: &Node, policy: &str) {
 fn remounts_never_drop_required_options_and_mounts_never_stack() {
     let (node, driver) = hostile_node("");
     let dir = pod(&node, "p4");
-    attack_on(
-        &node,
-        &driver,
-        &dir,
-        "mount-options",
-        &[("options", "size=1m")],
-    )
-    .success();
+    mount_tmpfs(&node, &driver, &dir);
     for options in ["suid", "dev", "ro,suid", "nosuid;suid"] {
         let message = attack_on(&node, &driver, &dir, "remount", &[("options", options)]).failure();
         assert!(message.contains("requires"), "{options}: {message}");
@@ -185,14 +183,7 @@ fn remounts_never_drop_required_options_and_mounts_never_stack() {
 fn mounts_per_call_are_bounded() {
     let (node, driver) = hostile_node("[limits]\nmounts_per_call = 4");
     let dir = pod(&node, "p5");
-    attack_on(
-        &node,
-        &driver,
-        &dir,
-        "mount-options",
-        &[("options", "size=1m")],
-    )
-    .success();
+    mount_tmpfs(&node, &driver, &dir);
     let message = attack_on(&node, &driver, &dir, "remount", &[("repeat", "1000")]).failure();
     assert!(message.contains("limits.mounts_per_call"), "{message}");
     assert_eq!(mounts_at(&dir).len(), 1, "the node is unchanged");

@@ -161,14 +161,7 @@ impl Host for Block {
         let wait = self.image_wait();
         self.audit.run("grow-image", args, checked, || {
             let dir = dir.expect("opened when performed")?;
-            let Some(image) = dir
-                .as_ref()
-                .map(|d| d.open_image(&name, false, wait))
-                .transpose()?
-                .flatten()
-            else {
-                return Err(format!("image {name} does not exist"));
-            };
+            let image = existing_image(&dir, &name, wait)?;
             if (image.stat.st_size as u64) < size {
                 image
                     .file
@@ -225,14 +218,7 @@ impl Host for Block {
                 .expect("opened when performed")?
                 .ok_or("no device registry")?;
             let dir = dir.expect("opened when performed")?;
-            let Some(image) = dir
-                .as_ref()
-                .map(|d| d.open_image(&name, false, wait))
-                .transpose()?
-                .flatten()
-            else {
-                return Err(format!("image {name} does not exist"));
-            };
+            let image = existing_image(&dir, &name, wait)?;
             let existing = images::devices_of(&image.real, &image.stat)
                 .into_iter()
                 .next();
@@ -359,4 +345,17 @@ impl Block {
 /// The disk sequence number of a loop device (new on every configure).
 fn device_diskseq(device: &images::LoopDevice) -> Result<u64, String> {
     devices::diskseq_of(device.fd.as_fd()).map_err(|e| format!("{}: {e}", device.path))
+}
+
+/// An image that must exist, opened and locked.
+fn existing_image(
+    dir: &Option<ImageDir>,
+    name: &str,
+    wait: Duration,
+) -> Result<images::Image, String> {
+    dir.as_ref()
+        .map(|d| d.open_image(name, false, wait))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| format!("image {name} does not exist"))
 }
