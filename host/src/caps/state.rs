@@ -11,9 +11,10 @@
 //! untouched, and the driver sees the same writable `/state` it would in a real run.
 
 use crate::limits::{self, Limits};
-use rustix::fs::{Dir, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
 use serde::{Deserialize, Serialize};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -105,81 +106,119 @@ impl Usage {
     }
 }
 
-fn open_dir_beneath(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-}
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
 
-/// Measures a directory tree through descriptors (`openat` with `O_NOFOLLOW`, so a symlink
-/// swapped in mid-walk is counted, never followed). Stops counting past `stop_at` entries.
-pub fn usage(dir: &Path, stop_at: u64) -> Result<Usage, String> {
-    let root = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut usage = Usage::default();
-    let mut pending = vec![root];
-    while let Some(fd) = pending.pop() {
-        let entries = Dir::read_from(&fd).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for entry in entries {
+/// Walks a directory tree through descriptors only: each directory is opened with
+/// `openat(O_NOFOLLOW)` beneath its parent and each entry is `lstat`ed, so a symlink swapped in
+/// mid-walk is seen as a symlink, never followed. `visit` gets each entry (parent descriptor,
+/// name, what it is, the value its directory was given) and returns, for a directory, the value
+/// to walk it with, or `None` to skip it. More than `stop_at` entries end the walk with
+/// `Ok(false)`.
+fn walk<T>(
+    root: &Path,
+    root_value: T,
+    stop_at: u64,
+    mut visit: impl FnMut(BorrowedFd<'_>, &CStr, &Stat, &T) -> Result<Option<T>, String>,
+) -> Result<bool, String> {
+    let failed = |e: rustix::io::Errno| format!("{}: {e}", root.display());
+    let root_fd = rustix::fs::open(root, DIR_FLAGS, Mode::empty()).map_err(failed)?;
+    let mut pending = vec![(root_fd, root_value)];
+    let mut entries_seen = 0;
+    while let Some((fd, value)) = pending.pop() {
+        for entry in Dir::read_from(&fd).map_err(failed)? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             if name == c"." || name == c".." {
                 continue;
             }
-            usage.entries += 1;
-            if usage.entries > stop_at {
-                return Ok(usage);
+            entries_seen += 1;
+            if entries_seen > stop_at {
+                return Ok(false);
             }
-            let Ok(stat) = rustix::fs::statat(&fd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-            else {
+            let Ok(stat) = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
                 continue; // removed meanwhile
             };
-            usage.bytes += (stat.st_blocks as u64).saturating_mul(512);
+            let Some(child_value) = visit(fd.as_fd(), name, &stat, &value)? else {
+                continue;
+            };
             if FileType::from_raw_mode(stat.st_mode) == FileType::Directory
-                && let Ok(child) = open_dir_beneath(fd.as_fd(), name)
+                && let Ok(child) = rustix::fs::openat(&fd, name, DIR_FLAGS, Mode::empty())
             {
-                pending.push(child);
+                pending.push((child, child_value));
             }
         }
+    }
+    Ok(true)
+}
+
+/// Measures a directory tree (see [`walk`]). Stops counting past `stop_at` entries.
+pub fn usage(dir: &Path, stop_at: u64) -> Result<Usage, String> {
+    let mut usage = Usage::default();
+    let complete = walk(dir, (), stop_at, |_, _, stat, _| {
+        usage.entries += 1;
+        usage.bytes += (stat.st_blocks as u64).saturating_mul(512);
+        Ok(Some(()))
+    })?;
+    if !complete {
+        usage.entries += 1; // the entry past `stop_at`, where the walk stopped
     }
     Ok(usage)
 }
 
-/// Copies a state directory for a dry run (regular files, directories and symlinks as links;
-/// nothing else), through descriptors as [`usage`] walks.
-pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
-    let failed = |e: std::io::Error| format!("copy state {}: {e}", from.display());
+/// Copies a state directory for a dry run (regular files, directories, symlinks as links;
+/// nothing else), through descriptors as [`walk`] reads: a symlink swapped in for a directory
+/// or file by a concurrent call is copied as a link, never followed out of the directory.
+/// Refused past `max_entries` entries.
+pub fn copy_tree(from: &Path, to: &Path, max_entries: u64) -> Result<(), String> {
+    let failed = |e: rustix::io::Errno| format!("copy state {}: {e}", from.display());
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(to)
-        .map_err(failed)?;
-    for entry in std::fs::read_dir(from).map_err(failed)? {
-        let entry = entry.map_err(failed)?;
-        let kind = entry.file_type().map_err(failed)?;
-        let (source, target) = (entry.path(), to.join(entry.file_name()));
-        if kind.is_dir() {
-            copy_tree(&source, &target)?;
-        } else if kind.is_symlink() {
-            let link = std::fs::read_link(&source).map_err(failed)?;
-            std::os::unix::fs::symlink(link, &target).map_err(failed)?;
-        } else if kind.is_file() {
-            // Opened without following a link swapped in since `read_dir`.
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut input = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&source)
-                .map_err(failed)?;
-            let mut output = std::fs::File::create(&target).map_err(failed)?;
-            std::io::copy(&mut input, &mut output).map_err(failed)?;
+        .map_err(|e| format!("copy state to {}: {e}", to.display()))?;
+    let target = rustix::fs::open(to, DIR_FLAGS, Mode::empty()).map_err(failed)?;
+    let complete = walk(from, target, max_entries, |source, name, stat, target| {
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Directory => {
+                rustix::fs::mkdirat(target, name, Mode::from_raw_mode(0o700)).map_err(failed)?;
+                let child =
+                    rustix::fs::openat(target, name, DIR_FLAGS, Mode::empty()).map_err(failed)?;
+                Ok(Some(child))
+            }
+            FileType::Symlink => {
+                let link = rustix::fs::readlinkat(source, name, Vec::new()).map_err(failed)?;
+                rustix::fs::symlinkat(link.as_c_str(), target, name).map_err(failed)?;
+                Ok(None)
+            }
+            FileType::RegularFile => {
+                // Non-blocking, then checked: a FIFO swapped in never stalls the copy.
+                let read = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                let input =
+                    rustix::fs::openat(source, name, read, Mode::empty()).map_err(failed)?;
+                let opened = rustix::fs::fstat(&input).map_err(failed)?;
+                if FileType::from_raw_mode(opened.st_mode) != FileType::RegularFile {
+                    return Ok(None);
+                }
+                let write = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                let output = rustix::fs::openat(target, name, write, Mode::from_raw_mode(0o600))
+                    .map_err(failed)?;
+                std::io::copy(
+                    &mut std::fs::File::from(input),
+                    &mut std::fs::File::from(output),
+                )
+                .map_err(|e| format!("copy state {}: {e}", from.display()))?;
+                Ok(None)
+            }
+            _ => Ok(None),
         }
+    })?;
+    if !complete {
+        return Err(limits::exceeded(
+            "state_files",
+            format!("the state directory holds more than {max_entries} entries"),
+        ));
     }
     Ok(())
 }
@@ -217,7 +256,7 @@ impl Prepared {
                 .map_err(|e| format!("dry-run scratch in {}: {e}", root.display()))?;
             let copy = scratch.path().join("state");
             if over.is_none() {
-                copy_tree(&dir, &copy)?;
+                copy_tree(&dir, &copy, limits.state_files)?;
             } else {
                 std::fs::create_dir(&copy).map_err(|e| format!("{}: {e}", copy.display()))?;
             }
@@ -317,6 +356,27 @@ mod tests {
                 .contains("limits.state_files")
         );
         assert_eq!(usage(dir.path(), 1).unwrap().entries, 2, "stops counting");
+    }
+
+    #[test]
+    fn the_copy_never_follows_a_symlink_out_of_the_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let (state, host) = (root.path().join("state"), root.path().join("host"));
+        std::fs::create_dir_all(state.join("sub")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("secret"), "host").unwrap();
+        std::fs::write(state.join("sub/own"), "driver").unwrap();
+        std::os::unix::fs::symlink(&host, state.join("to-dir")).unwrap();
+        std::os::unix::fs::symlink(host.join("secret"), state.join("to-file")).unwrap();
+        let copy = root.path().join("copy");
+        copy_tree(&state, &copy, 100).unwrap();
+        assert_eq!(std::fs::read(copy.join("sub/own")).unwrap(), b"driver");
+        for link in ["to-dir", "to-file"] {
+            let meta = std::fs::symlink_metadata(copy.join(link)).unwrap();
+            assert!(meta.file_type().is_symlink(), "{link} copied as a link");
+        }
+        let err = copy_tree(&state, &root.path().join("small"), 2).unwrap_err();
+        assert!(err.contains("limits.state_files"), "{err}");
     }
 
     #[test]
