@@ -62,52 +62,35 @@ impl Default for Limits {
     }
 }
 
-/// The ceiling of each limit: a policy may lower a limit, or raise it up to this.
-const CEILINGS: [(&str, u64); 15] = [
-    ("memory_mib", 4096),
-    ("table_elements", 10_000_000),
-    ("instances", 10_000),
-    ("tables", 10_000),
-    ("memories", 1000),
-    ("deadline_seconds", 3600),
-    ("wait_for_attach_deadline_seconds", 590),
-    ("log_bytes_per_call", 64 << 20),
-    ("log_line_bytes", 1 << 20),
-    ("audit_line_bytes", 1 << 20),
-    ("state_bytes", 64 << 30),
-    ("state_files", 10_000_000),
-    ("mounts_per_call", 1000),
-    ("exec_processes", 4096),
-    ("lock_hold_seconds", 600),
-];
-
 impl Limits {
-    /// Each limit with its value, in the order of [`CEILINGS`].
-    pub fn entries(&self) -> [(&'static str, u64); 15] {
+    /// Each limit: its name, its value, and its ceiling (a policy may lower a limit, or raise
+    /// it up to the ceiling).
+    pub fn entries(&self) -> [(&'static str, u64, u64); 15] {
         [
-            ("memory_mib", self.memory_mib),
-            ("table_elements", self.table_elements),
-            ("instances", self.instances),
-            ("tables", self.tables),
-            ("memories", self.memories),
-            ("deadline_seconds", self.deadline_seconds),
+            ("memory_mib", self.memory_mib, 4096),
+            ("table_elements", self.table_elements, 10_000_000),
+            ("instances", self.instances, 10_000),
+            ("tables", self.tables, 10_000),
+            ("memories", self.memories, 1000),
+            ("deadline_seconds", self.deadline_seconds, 3600),
             (
                 "wait_for_attach_deadline_seconds",
                 self.wait_for_attach_deadline_seconds,
+                590,
             ),
-            ("log_bytes_per_call", self.log_bytes_per_call),
-            ("log_line_bytes", self.log_line_bytes),
-            ("audit_line_bytes", self.audit_line_bytes),
-            ("state_bytes", self.state_bytes),
-            ("state_files", self.state_files),
-            ("mounts_per_call", self.mounts_per_call),
-            ("exec_processes", self.exec_processes),
-            ("lock_hold_seconds", self.lock_hold_seconds),
+            ("log_bytes_per_call", self.log_bytes_per_call, 64 << 20),
+            ("log_line_bytes", self.log_line_bytes, 1 << 20),
+            ("audit_line_bytes", self.audit_line_bytes, 1 << 20),
+            ("state_bytes", self.state_bytes, 64 << 30),
+            ("state_files", self.state_files, 10_000_000),
+            ("mounts_per_call", self.mounts_per_call, 1000),
+            ("exec_processes", self.exec_processes, 4096),
+            ("lock_hold_seconds", self.lock_hold_seconds, 600),
         ]
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        for ((name, value), (_, max)) in self.entries().into_iter().zip(CEILINGS) {
+        for (name, value, max) in self.entries() {
             if !(1..=max).contains(&value) {
                 return Err(format!(
                     "limits.{name} must be between 1 and {max}, not {value}"
@@ -214,11 +197,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_named_in_order() {
+    fn defaults_are_valid_and_every_limit_is_listed_once() {
         let limits = Limits::default();
         assert_eq!(limits.validate(), Ok(()));
-        for ((a, _), (b, _)) in limits.entries().into_iter().zip(CEILINGS) {
-            assert_eq!(a, b);
+        let mut names: Vec<&str> = limits.entries().iter().map(|(n, _, _)| *n).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), limits.entries().len());
+        // Each entry names the field it reads: the policy key of that name changes it.
+        for (name, _, _) in limits.entries() {
+            let policy: Limits = toml::from_str(&format!("{name} = 7")).unwrap();
+            let value = policy
+                .entries()
+                .into_iter()
+                .find(|(n, _, _)| *n == name)
+                .unwrap()
+                .1;
+            assert_eq!(value, 7, "{name}");
         }
     }
 

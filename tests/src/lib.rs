@@ -346,6 +346,21 @@ pub fn detach_loop_devices_under(dir: &Path) {
 }
 
 impl Node {
+    /// `mount <dir>` of the hostile guest (`tests/guests/hostile`): it performs `attack`, with
+    /// `extra` as that attack's options.
+    pub fn attack(
+        &self,
+        driver: &Path,
+        dir: &Path,
+        attack: &str,
+        extra: &[(&str, &str)],
+    ) -> Output {
+        let mut options = vec![("attack", attack)];
+        options.extend_from_slice(extra);
+        let json = mount_json("vol", false, None, &options);
+        self.run(driver, &["mount", dir.to_str().unwrap(), &json])
+    }
+
     /// The command `run` executes, to spawn it instead (e.g. to kill it mid-call).
     pub fn command(&self, executable: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(executable);

@@ -12,17 +12,7 @@ fn hostile_node() -> (Node, std::path::PathBuf) {
 }
 
 fn attack(node: &Node, driver: &std::path::Path, attack: &str, extra: &[(&str, &str)]) -> Output {
-    let dir = node.pod_dir("victim");
-    let mut options = vec![("attack", attack)];
-    options.extend_from_slice(extra);
-    node.run(
-        driver,
-        &[
-            "mount",
-            dir.to_str().unwrap(),
-            &mount_json("vol", false, None, &options),
-        ],
-    )
+    node.attack(driver, &node.pod_dir("victim"), attack, extra)
 }
 
 #[test]

@@ -21,35 +21,10 @@ fn hostile_node(extra_policy: &str) -> (Node, PathBuf) {
     (node, driver)
 }
 
-fn attack_on(
-    node: &Node,
-    driver: &Path,
-    dir: &Path,
-    attack: &str,
-    extra: &[(&str, &str)],
-) -> Output {
-    let mut options = vec![("attack", attack)];
-    options.extend_from_slice(extra);
-    node.run(
-        driver,
-        &[
-            "mount",
-            dir.to_str().unwrap(),
-            &mount_json("vol", false, None, &options),
-        ],
-    )
-}
-
 /// A granted tmpfs mount onto `dir`, which must succeed.
 fn mount_tmpfs(node: &Node, driver: &Path, dir: &Path) {
-    attack_on(
-        node,
-        driver,
-        dir,
-        "mount-options",
-        &[("options", "size=1m")],
-    )
-    .success();
+    node.attack(driver, dir, "mount-options", &[("options", "size=1m")])
+        .success();
 }
 
 fn pod(node: &Node, name: &str) -> PathBuf {
@@ -75,14 +50,9 @@ fn comma_joined_options_cannot_smuggle_a_second_option() {
         "size=8m,,nosuid",
         "size=8m x",
     ] {
-        let message = attack_on(
-            &node,
-            &driver,
-            &dir,
-            "mount-options",
-            &[("options", options)],
-        )
-        .failure();
+        let message = node
+            .attack(&driver, &dir, "mount-options", &[("options", options)])
+            .failure();
         assert!(message.starts_with("denied:"), "{options}: {message}");
         assert!(mounts_at(&dir).is_empty(), "{options} mounted");
     }
@@ -110,14 +80,9 @@ fn every_mount_is_nosuid_nodev_unless_the_policy_says_otherwise() {
     );
     let other = pod(&node, "p3");
     for options in ["suid", "dev", "size=1m,suid"] {
-        let message = attack_on(
-            &node,
-            &driver,
-            &other,
-            "mount-options",
-            &[("options", options)],
-        )
-        .failure();
+        let message = node
+            .attack(&driver, &other, "mount-options", &[("options", options)])
+            .failure();
         assert!(message.contains("requires"), "{options}: {message}");
     }
     // A policy that explicitly drops the requirement may allow them.
@@ -125,14 +90,8 @@ fn every_mount_is_nosuid_nodev_unless_the_policy_says_otherwise() {
         &node,
         "[mount]\nfs_types = [\"tmpfs\"]\nsources = [\"tmpfs\"]\noptions = [\"suid\", \"dev\"]\nrequire = []",
     );
-    attack_on(
-        &node,
-        &driver,
-        &other,
-        "mount-options",
-        &[("options", "suid;dev")],
-    )
-    .success();
+    node.attack(&driver, &other, "mount-options", &[("options", "suid;dev")])
+        .success();
     let options = options_of(&other);
     assert!(!options.iter().any(|o| o == "nosuid"), "{options:?}");
     unmount_all_under(&node.path(""));
@@ -149,13 +108,16 @@ fn remounts_never_drop_required_options_and_mounts_never_stack() {
     let dir = pod(&node, "p4");
     mount_tmpfs(&node, &driver, &dir);
     for options in ["suid", "dev", "ro,suid", "nosuid;suid"] {
-        let message = attack_on(&node, &driver, &dir, "remount", &[("options", options)]).failure();
+        let message = node
+            .attack(&driver, &dir, "remount", &[("options", options)])
+            .failure();
         assert!(message.contains("requires"), "{options}: {message}");
     }
     let options = options_of(&dir);
     assert!(options.iter().any(|o| o == "nosuid"), "{options:?}");
     // A remount that asks for nothing still carries the required options.
-    attack_on(&node, &driver, &dir, "remount", &[("options", "ro")]).success();
+    node.attack(&driver, &dir, "remount", &[("options", "ro")])
+        .success();
     let options = options_of(&dir);
     assert!(
         ["ro", "nosuid", "nodev"]
@@ -165,14 +127,9 @@ fn remounts_never_drop_required_options_and_mounts_never_stack() {
     );
     // Mounting again on a mount point is refused: no stacking.
     for _ in 0..5 {
-        let message = attack_on(
-            &node,
-            &driver,
-            &dir,
-            "mount-options",
-            &[("options", "size=1m")],
-        )
-        .failure();
+        let message = node
+            .attack(&driver, &dir, "mount-options", &[("options", "size=1m")])
+            .failure();
         assert!(message.contains("already a mount point"), "{message}");
     }
     assert_eq!(mounts_at(&dir).len(), 1);
@@ -184,7 +141,9 @@ fn mounts_per_call_are_bounded() {
     let (node, driver) = hostile_node("[limits]\nmounts_per_call = 4");
     let dir = pod(&node, "p5");
     mount_tmpfs(&node, &driver, &dir);
-    let message = attack_on(&node, &driver, &dir, "remount", &[("repeat", "1000")]).failure();
+    let message = node
+        .attack(&driver, &dir, "remount", &[("repeat", "1000")])
+        .failure();
     assert!(message.contains("limits.mounts_per_call"), "{message}");
     assert_eq!(mounts_at(&dir).len(), 1, "the node is unchanged");
     let denied = node
@@ -201,7 +160,7 @@ fn is_mountpoint_is_no_oracle_for_paths_outside_the_call() {
     let (node, driver) = hostile_node("");
     let dir = pod(&node, "p6");
     let answer = |path: &str| {
-        attack_on(&node, &driver, &dir, "is-mountpoint", &[("path", path)])
+        node.attack(&driver, &dir, "is-mountpoint", &[("path", path)])
             .failure()
             .replace(path, "<path>")
     };
@@ -232,14 +191,14 @@ fn only_the_own_volumes_device_mount_path_binds_without_a_grant() {
         own.join("../other-volume"),
         PathBuf::from("/etc"),
     ] {
-        let message = attack_on(
-            &node,
-            &driver,
-            &dir,
-            "bind",
-            &[("source", source.to_str().unwrap())],
-        )
-        .failure();
+        let message = node
+            .attack(
+                &driver,
+                &dir,
+                "bind",
+                &[("source", source.to_str().unwrap())],
+            )
+            .failure();
         assert!(
             message.contains("bind source"),
             "{}: {message}",
@@ -247,14 +206,8 @@ fn only_the_own_volumes_device_mount_path_binds_without_a_grant() {
         );
         assert!(mounts_at(&dir).is_empty());
     }
-    attack_on(
-        &node,
-        &driver,
-        &dir,
-        "bind",
-        &[("source", own.to_str().unwrap())],
-    )
-    .success();
+    node.attack(&driver, &dir, "bind", &[("source", own.to_str().unwrap())])
+        .success();
     assert_eq!(std::fs::read_to_string(dir.join("marker")).unwrap(), "own");
     let options = options_of(&dir);
     assert!(options.iter().any(|o| o == "nosuid") && options.iter().any(|o| o == "nodev"));
@@ -304,8 +257,7 @@ fn bind_sources_swapped_for_symlinks_never_bind_outside_the_grant() {
     let source = vols.join("a");
     let (mut bound, mut refused) = (0, 0);
     for round in 0..RACE_ROUNDS {
-        let out = attack_on(
-            &node,
+        let out = node.attack(
             &driver,
             &dir,
             "bind",
@@ -343,13 +295,7 @@ fn targets_swapped_for_symlinks_never_receive_the_mount() {
     let swaps = swapper(dir.clone(), decoy.clone(), stop.clone());
     let (mut mounted, mut refused) = (0, 0);
     for round in 0..RACE_ROUNDS / 3 {
-        let out = attack_on(
-            &node,
-            &driver,
-            &dir,
-            "mount-options",
-            &[("options", "size=1m")],
-        );
+        let out = node.attack(&driver, &dir, "mount-options", &[("options", "size=1m")]);
         assert!(
             mounts_at(&elsewhere).is_empty(),
             "round {round}: the mount followed a swapped-in symlink"
@@ -382,7 +328,9 @@ fn state_files_swapped_for_symlinks_never_expose_host_files() {
     let dir = pod(&node, "race-state");
     let mut read = 0;
     for round in 0..RACE_ROUNDS / 3 {
-        let message = attack_on(&node, &driver, &dir, "state", &[("path", "/state/x")]).failure();
+        let message = node
+            .attack(&driver, &dir, "state", &[("path", "/state/x")])
+            .failure();
         if message.starts_with("read ") {
             read += 1;
             assert_eq!(

@@ -56,23 +56,8 @@ pub fn did_you_mean(verb: &str) -> Option<&'static str> {
     OPERATOR_COMMANDS
         .iter()
         .filter(|c| !c.starts_with('-'))
-        .find(|c| verb.len() >= 4 && edit_distance(verb, c) <= 2)
+        .find(|c| verb.len() >= 4 && strsim::levenshtein(verb, c) <= 2)
         .copied()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut previous = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let substitution = previous + usize::from(ca != cb);
-            previous = row[j + 1];
-            row[j + 1] = substitution.min(previous + 1).min(row[j] + 1);
-        }
-    }
-    row[b.len()]
 }
 
 const WIT_PACKAGE: &str = "flex:volume@0.1.0";
