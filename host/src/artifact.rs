@@ -75,6 +75,8 @@ pub const MAX_CACHE_BYTES: u64 = 4 << 30;
 pub const COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
 const LOCK_FILE: &str = ".compile.lock";
 
+mod memory;
+
 /// What an artifact is only valid for, besides the component's identity (see the module docs).
 /// wasmtime rejects a mismatch by itself; the key only makes a rebuild happen up front.
 pub const ENGINE_KEY: &str = concat!(
@@ -102,6 +104,7 @@ pub fn digest_string(digest: &Digest) -> String {
 /// What loading did besides mapping an artifact, for the log (also when it then failed).
 pub enum Note {
     Info(String),
+    Warn(String),
     Error(String),
 }
 
@@ -115,11 +118,23 @@ pub fn load(
     notes: &mut Vec<Note>,
 ) -> Result<Component, String> {
     let (component, identity) = open_component(path)?;
-    let cache = Cache::open()?;
+    let cache = match Cache::open() {
+        Ok(cache) => cache,
+        Err(Unusable::ReadOnly(why)) => {
+            notes.push(Note::Warn(memory::note(path, &why)));
+            return memory::load(engine, &component, &identity, accept);
+        }
+        Err(Unusable::Refused(e)) => return Err(e),
+    };
     let name = identity.file_name();
     let artifact = cache.path.join(&name);
     if let Found::Loaded(loaded) = cache.lookup(engine, &identity, accept)? {
         return Ok(loaded);
+    }
+    if memory::read_only(&cache.dir) {
+        let why = format!("{} is on a read-only file system", cache.path.display());
+        notes.push(Note::Warn(memory::note(path, &why)));
+        return memory::load(engine, &component, &identity, accept);
     }
     let _lock = cache.lock()?;
     // A concurrent call may have compiled it while this one waited for the lock.
@@ -201,7 +216,7 @@ impl Inode {
 /// Removes every artifact of a component that is gone (replaced by `flex install`, removed by
 /// `flex uninstall`): call it after the component's last link is removed.
 pub fn forget(inode: Inode) -> Result<(), String> {
-    let cache = Cache::open()?;
+    let cache = Cache::open().map_err(Unusable::into_message)?;
     let _lock = cache.lock()?;
     let prefix = inode.prefix();
     for name in cache.names() {
@@ -358,6 +373,21 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
+/// Why the cache cannot be used: a cache that cannot be created on a read-only file system
+/// (the call then compiles into memory), or one refused by its checks (the call fails).
+enum Unusable {
+    ReadOnly(String),
+    Refused(String),
+}
+
+impl Unusable {
+    fn into_message(self) -> String {
+        match self {
+            Unusable::ReadOnly(e) | Unusable::Refused(e) => e,
+        }
+    }
+}
+
 /// The checked cache directory, open: everything in it is reached relative to `dir`.
 struct Cache {
     dir: OwnedFd,
@@ -374,9 +404,11 @@ enum Found {
 impl Cache {
     /// Walks `cache_dir()` from `/`, one `openat(O_NOFOLLOW)` per component, checking each
     /// directory on its descriptor; creates the missing ones `0700`.
-    fn open() -> Result<Cache, String> {
+    fn open() -> Result<Cache, Unusable> {
         let path = cache_dir();
-        let refuse = |why: String| format!("refusing artifact cache {}: {why}", path.display());
+        let refuse = |why: String| {
+            Unusable::Refused(format!("refusing artifact cache {}: {why}", path.display()))
+        };
         if !path.is_absolute() {
             return Err(refuse("not an absolute path".into()));
         }
@@ -394,7 +426,7 @@ impl Cache {
             })
             .collect::<Result<_, ()>>()
             .map_err(|()| refuse("contains `..`".into()))?;
-        check_dir(&dir, &walked, euid, parts.is_empty()).map_err(refuse)?;
+        check_dir(&dir, &walked, euid, parts.is_empty()).map_err(&refuse)?;
         for (i, name) in parts.iter().enumerate() {
             walked.push(name);
             let is_cache = i + 1 == parts.len();
@@ -402,6 +434,12 @@ impl Cache {
                 Err(Errno::ENOENT) => {
                     match mkdirat(&dir, *name, Mode::from_bits_truncate(0o700)) {
                         Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(Errno::EROFS) => {
+                            return Err(Unusable::ReadOnly(format!(
+                                "cannot create {}: read-only file system",
+                                walked.display()
+                            )));
+                        }
                         Err(e) => return Err(refuse(format!("create {}: {e}", walked.display()))),
                     }
                     openat(&dir, *name, flags, Mode::empty())
@@ -418,7 +456,7 @@ impl Cache {
                 }
                 Err(e) => return Err(refuse(format!("{}: {e}", walked.display()))),
             };
-            check_dir(&dir, &walked, euid, is_cache).map_err(refuse)?;
+            check_dir(&dir, &walked, euid, is_cache).map_err(&refuse)?;
         }
         Ok(Cache { dir, path })
     }
@@ -662,16 +700,27 @@ fn compile(engine: &Engine, component: &File, cache: &Cache) -> Result<(), Strin
 /// checked cache directory as descriptor N; then the artifact is looked up like any other.
 #[cfg(not(feature = "compiler"))]
 fn compile(_engine: &Engine, component: &File, cache: &Cache) -> Result<(), String> {
+    run_compiler(
+        component,
+        "--cache-fd",
+        std::os::fd::AsFd::as_fd(&cache.dir),
+    )
+}
+
+/// Runs `flex-compile FLAG N` with the opened component as stdin and `fd` inherited as N,
+/// bounded by [`COMPILE_TIMEOUT`]; its stderr becomes the error.
+#[cfg(not(feature = "compiler"))]
+fn run_compiler(component: &File, flag: &str, fd: std::os::fd::BorrowedFd) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let compiler = compiler_path()?;
     let io = |e: std::io::Error| format!("cannot run the compiler {}: {e}", compiler.display());
     // A duplicate (`try_clone` never returns 0-2) whose close-on-exec flag the child clears.
-    let dir = cache.dir.try_clone().map_err(io)?;
+    let dir = fd.try_clone_to_owned().map_err(io)?;
     let raw = dir.as_raw_fd();
     let mut command = Command::new(&compiler);
     command
-        .arg("--cache-fd")
+        .arg(flag)
         .arg(raw.to_string())
         .stdin(Stdio::from(component.try_clone().map_err(io)?))
         .stdout(Stdio::null())
@@ -722,8 +771,9 @@ fn compile(_engine: &Engine, component: &File, cache: &Cache) -> Result<(), Stri
 
 /// `FLEX_COMPILER`, else `flex-compile` beside the running executable, else the copy
 /// `flex install` keeps in the plugin dir (`<plugindir>/.flex-compile`, for installed drivers:
-/// `<plugindir>/<vendor~driver>/<driver>`), so an installed driver can rebuild a rejected
-/// artifact by itself, e.g. after a node's CPU changed.
+/// `<plugindir>/<vendor~driver>/.version-<id>/<driver>`, or `<plugindir>/<vendor~driver>/<driver>`
+/// as earlier installs laid it out), so an installed driver can rebuild a rejected artifact by
+/// itself, e.g. after a node's CPU changed.
 #[cfg(not(feature = "compiler"))]
 pub fn compiler_path() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("FLEX_COMPILER") {
@@ -731,8 +781,14 @@ pub fn compiler_path() -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("find the flex executable: {e}"))?;
     let beside = exe.with_file_name(COMPILER);
-    let in_plugin_dir = exe
-        .parent()
+    let mut driver_dir = exe.parent();
+    if driver_dir.and_then(Path::file_name).is_some_and(|dir| {
+        dir.to_string_lossy()
+            .starts_with(crate::install::VERSION_PREFIX)
+    }) {
+        driver_dir = driver_dir.and_then(Path::parent);
+    }
+    let in_plugin_dir = driver_dir
         .and_then(Path::parent)
         .map(|plugin_dir| plugin_dir.join(PLUGIN_DIR_COMPILER));
     let candidates = [Some(beside.clone()), in_plugin_dir];
@@ -757,6 +813,31 @@ pub fn compile_into(
     component: &File,
     dir: std::os::fd::BorrowedFd,
 ) -> Result<String, String> {
+    let (bytes, identity) = compile_bytes(engine, component)?;
+    let name = identity.file_name();
+    store(dir, &name, &bytes).map_err(|e| format!("cannot write artifact {name}: {e}"))?;
+    Ok(name)
+}
+
+/// Compiles the component open as `component` and writes the artifact into the file `out`
+/// (for a call that cannot use the cache: `memory.rs`).
+#[cfg(feature = "compiler")]
+pub fn compile_to(
+    engine: &Engine,
+    component: &File,
+    out: std::os::fd::BorrowedFd,
+) -> Result<(), String> {
+    use std::io::Write;
+    let (bytes, _) = compile_bytes(engine, component)?;
+    let mut file = File::from(out.try_clone_to_owned().map_err(|e| e.to_string())?);
+    file.write_all(&bytes)
+        .map_err(|e| format!("write the artifact: {e}"))
+}
+
+/// The artifact of the component open as `component`, trailer included, and the identity the
+/// component had while it was read.
+#[cfg(feature = "compiler")]
+fn compile_bytes(engine: &Engine, component: &File) -> Result<(Vec<u8>, Identity), String> {
     use sha2::{Digest as _, Sha256};
     let problem = |e: &dyn std::fmt::Display| format!("driver component: {e}");
     let before = component.metadata().map_err(|e| problem(&e))?;
@@ -787,9 +868,7 @@ pub fn compile_into(
         body_len: bytes.len() as u64,
     };
     bytes.extend_from_slice(&trailer.encode());
-    let name = identity.file_name();
-    store(dir, &name, &bytes).map_err(|e| format!("cannot write artifact {name}: {e}"))?;
-    Ok(name)
+    Ok((bytes, identity))
 }
 
 /// Writes under a temporary name, fsyncs, renames into place and fsyncs the directory: a

@@ -1,16 +1,19 @@
 //! `flex install` / `flex uninstall`: put a driver where kubelet finds it, atomically.
 //!
-//! kubelet's prober re-runs `init` on any change inside a driver's directory and ignores
-//! dot-names, so the whole directory (this executable and the component) is built under a
-//! dot-name and then swapped in with one `renameat2(RENAME_EXCHANGE)`: kubelet sees the old
-//! driver or the new one, never a half-installed one, and re-probes once. The component is
-//! precompiled into the root-only artifact cache (`artifact.rs`), never into the plugin dir;
-//! the artifacts of the component an install replaces, or an uninstall removes, are removed
-//! once that component is gone.
+//! A first install builds the driver directory under a dot-name (kubelet's prober ignores
+//! those) and renames it into place. An upgrade adds a version beside the running one and
+//! switches to it with renames kubelet's prober reads as an update, never as a removal, while
+//! kubelet runs the old executable and component or the new ones, never a mix (`layout.rs`).
+//! The component is precompiled into the root-only artifact cache (`artifact.rs`), never into
+//! the plugin dir; the artifacts of the components an install replaces, or an uninstall
+//! removes, are removed once those components are gone.
+
+mod layout;
+
+pub use layout::VERSION_PREFIX;
 
 use crate::cli::{InstallArgs, ListArgs, UninstallArgs};
 use crate::{artifact, policy, runtime};
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -20,31 +23,111 @@ pub fn install(a: &InstallArgs) -> Result<String, String> {
     let driver = driver_of(name)?;
     existing_plugin_dir(plugin_dir, a.create)?;
     check_pin(name, component, a.policy.as_deref())?;
-    let staging = plugin_dir.join(format!(".{name}.staging-{}", std::process::id()));
-    let wasm = format!("{driver}.wasm");
-    let replaced = artifact::Inode::of(&plugin_dir.join(name).join(&wasm));
-    let result = stage(&staging, driver, component)
-        // Errors name the user's component, not the staging copy.
+    // One install at a time per plugin dir (the DaemonSet's loop, a hand-run upgrade).
+    let _lock = lock_dir(plugin_dir)?;
+    let installed = plugin_dir.join(name);
+    let done = match fs::symlink_metadata(&installed) {
+        Ok(meta) if meta.is_dir() => upgrade(a, &installed, driver)?,
+        Ok(_) => return Err(format!("{} is not a directory", installed.display())),
+        Err(_) => first_install(a, &installed, driver)?,
+    };
+    Ok(format!("{done} {name} in {}\n", plugin_dir.display()))
+}
+
+/// A driver directory built aside under a dot-name (kubelet's prober ignores those) and
+/// renamed into place: kubelet sees it appear whole.
+fn first_install(a: &InstallArgs, installed: &Path, driver: &str) -> Result<&'static str, String> {
+    let plugin_dir = &a.plugin_dir;
+    let staging = plugin_dir.join(format!(".{}.staging-{}", a.name, std::process::id()));
+    let _ = fs::remove_dir_all(&staging); // left by a crashed install that had this pid
+    let mut version = None;
+    let result = fs::create_dir(&staging)
+        .map_err(|e| format!("cannot write in {}: {e}", plugin_dir.display()))
+        .and_then(|()| layout::write_version(&staging, driver, &a.component))
+        .and_then(|v| {
+            let v = version.insert(v);
+            precompile(&layout::component(&staging, v, driver), &a.component)
+        })
+        .and_then(|()| install_compiler(plugin_dir))
+        .and_then(|()| install_policy(&a.name, a.policy.as_deref()))
+        .and_then(|()| layout::activate(&staging, version.as_deref().unwrap_or(""), driver))
+        .and_then(|_| {
+            fs::rename(&staging, installed)
+                .map_err(|e| format!("install {}: {e}", installed.display()))
+        });
+    if result.is_err() {
+        let gone =
+            version.and_then(|v| artifact::Inode::of(&layout::component(&staging, &v, driver)));
+        let _ = fs::remove_dir_all(&staging);
+        if let Some(gone) = gone {
+            let _ = artifact::forget(gone);
+        }
+    }
+    result.map(|()| "installed")
+}
+
+/// A new version beside the running one, activated by renames that kubelet's prober reads as
+/// an update (see `layout.rs`); the version before it stays until the next install.
+fn upgrade(a: &InstallArgs, installed: &Path, driver: &str) -> Result<&'static str, String> {
+    let version = layout::write_version(installed, driver, &a.component)?;
+    let new_component = layout::component(installed, &version, driver);
+    let discard = |version: &str| {
+        let gone = artifact::Inode::of(&layout::component(installed, version, driver));
+        let _ = fs::remove_dir_all(installed.join(version));
+        if let Some(gone) = gone {
+            let _ = artifact::forget(gone);
+        }
+    };
+    if layout::same_as_current(installed, &version, driver) {
+        discard(&version);
+        install_compiler(&a.plugin_dir)?;
+        install_policy(&a.name, a.policy.as_deref())?;
+        return Ok("unchanged (same flex and component; policy updated)");
+    }
+    let activated = precompile(&new_component, &a.component)
+        .and_then(|()| install_compiler(&a.plugin_dir))
+        .and_then(|()| install_policy(&a.name, a.policy.as_deref()))
+        .and_then(|()| layout::activate(installed, &version, driver));
+    let previous = match activated {
+        Ok(previous) => previous,
+        Err(e) => {
+            // Not activated: `.current` may already point at it only if the links failed
+            // after it, in which case it is kept (it is the running version).
+            if layout::current(installed).as_deref() != Some(version.as_str()) {
+                discard(&version);
+            }
+            return Err(e);
+        }
+    };
+    let mut keep = vec![version.as_str()];
+    keep.extend(previous.as_deref());
+    for gone in layout::prune(installed, &keep, driver) {
+        let _ = artifact::forget(gone);
+    }
+    Ok("upgraded")
+}
+
+/// Compiles the staged component into the artifact cache, so the first call is fast and a
+/// component that does not compile is refused before kubelet sees it; errors name the user's
+/// file, not the staged copy. The layout's renames keep the component's identity (inode), so
+/// the artifact is the installed one's.
+fn precompile(staged: &Path, component: &Path) -> Result<(), String> {
+    let engine = runtime::engine()?;
+    artifact::load(&engine, staged, &|_| Ok(()), &mut Vec::new())
+        .map(|_| ())
         .map_err(|e| {
             e.replace(
-                &staging.join(&wasm).display().to_string(),
+                &staged.display().to_string(),
                 &component.display().to_string(),
             )
         })
-        .and_then(|()| install_compiler(plugin_dir))
-        .and_then(|()| install_policy(name, a.policy.as_deref()))
-        .and_then(|()| swap_in(&staging, &plugin_dir.join(name)));
-    // The half-built or the replaced driver; its artifacts go after its component is gone,
-    // so a call still compiling it cannot leave one behind (see `artifact::load`).
-    let gone = match result {
-        Ok(()) => replaced,
-        Err(_) => artifact::Inode::of(&staging.join(&wasm)),
-    };
-    let _ = fs::remove_dir_all(&staging);
-    if let Some(gone) = gone {
-        let _ = artifact::forget(gone);
-    }
-    result.map(|()| format!("installed {name} in {}\n", plugin_dir.display()))
+}
+
+/// An exclusive `flock` on the plugin dir itself (no lock file for kubelet to see).
+fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>, String> {
+    let file = fs::File::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("lock {}: {e}", dir.display()))
 }
 
 /// A typo in `--plugin-dir` must not silently create a tree kubelet never reads.
@@ -119,10 +202,10 @@ pub fn uninstall(a: &UninstallArgs) -> Result<String, String> {
     let removing = plugin_dir.join(format!(".{name}.removing-{}", std::process::id()));
     fs::rename(plugin_dir.join(name), &removing)
         .map_err(|e| format!("uninstall {name} from {}: {e}", plugin_dir.display()))?;
-    let removed = artifact::Inode::of(&removing.join(format!("{driver}.wasm")));
+    let removed = layout::all_components(&removing, driver);
     fs::remove_dir_all(&removing)
         .map_err(|e| format!("remove {}: {e}", plugin_dir.join(name).display()))?;
-    if let Some(removed) = removed {
+    for removed in removed {
         let _ = artifact::forget(removed);
     }
     if installed_drivers(plugin_dir)?.is_empty() {
@@ -295,22 +378,6 @@ fn driver_of(name: &str) -> Result<&str, String> {
     }
 }
 
-/// The executable and the component, precompiled into the artifact cache, so the first call
-/// is fast and a component that does not compile is refused before kubelet sees it. The
-/// directory rename keeps the component's identity, so the artifact is the installed one's.
-fn stage(staging: &Path, driver: &str, component: &Path) -> Result<(), String> {
-    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let plugin_dir = staging.parent().unwrap_or(staging).display().to_string();
-    fs::create_dir_all(staging).map_err(|e| io(&format!("cannot write in {plugin_dir}"), e))?;
-    let me = std::env::current_exe().map_err(|e| io("find the flex executable", e))?;
-    fs::copy(&me, staging.join(driver)).map_err(|e| io("copy flex", e))?;
-    let installed = staging.join(format!("{driver}.wasm"));
-    fs::copy(component, &installed)
-        .map_err(|e| io(&format!("cannot read component {}", component.display()), e))?;
-    let engine = runtime::engine()?;
-    artifact::load(&engine, &installed, &|_| Ok(()), &mut Vec::new()).map(|_| ())
-}
-
 /// Keeps a copy of the compiler in the plugin dir, so an installed driver whose artifact is
 /// rejected later (a new CPU, a damaged file) rebuilds it instead of failing every call.
 /// (A `flex` built with the `compiler` feature compiles in process and needs no copy.)
@@ -370,23 +437,4 @@ fn install_policy(name: &str, file: Option<&Path>) -> Result<(), String> {
         let _ = fs::remove_file(&temp);
     }
     installed.map_err(|e| format!("install policy {}: {e}", target.display()))
-}
-
-/// Exchanges the staged directory with the installed one (or renames it in place); the old
-/// driver ends up under the staging name, to be removed.
-fn swap_in(staging: &Path, installed: &Path) -> Result<(), String> {
-    let exchanged = renameat2(
-        AT_FDCWD,
-        staging,
-        AT_FDCWD,
-        installed,
-        RenameFlags::RENAME_EXCHANGE,
-    );
-    let result = match exchanged {
-        Ok(()) => Ok(()),
-        // Nothing installed yet: a plain rename.
-        Err(nix::errno::Errno::ENOENT) => fs::rename(staging, installed).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    result.map_err(|e| format!("install {}: {e}", installed.display()))
 }

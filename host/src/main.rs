@@ -91,8 +91,13 @@ fn handle(args: &[String]) -> Reply {
             reply
         }
     };
+    // A Failure is an error for whoever filters the log by level (`flex logs --level error`).
+    let level = match reply.status == protocol::FAILURE {
+        true => "error",
+        false => "info",
+    };
     logger.log(
-        "info",
+        level,
         "host",
         &format!("reply {}", reply.to_line().trim_end()),
     );

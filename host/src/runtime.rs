@@ -99,6 +99,7 @@ pub fn run(
     for note in notes {
         match note {
             Note::Info(message) => logger.info(&message),
+            Note::Warn(message) => logger.log("warn", "host", &message),
             Note::Error(message) => logger.error(&message),
         }
     }

@@ -5,6 +5,8 @@
 //! Build first (`make test` does): `target/release/flex` and the guests in
 //! `target/wasm32-wasip2/release/`. `FLEX_BIN` and `FLEX_GUESTS` override those paths.
 
+pub mod prober;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -667,4 +669,20 @@ pub fn root_only_base() -> PathBuf {
         .create(&base)
         .expect("create /var/lib/flex-tests");
     base
+}
+
+/// A driver written in Python or JavaScript, built by `scripts/build-guests.sh` (which
+/// `make build` runs) into the guests' directory, e.g. `script_guest("flex_hostpath_py")`.
+/// Fails loudly, naming the command that builds it, when it is missing: never a skip.
+pub fn script_guest(name: &str) -> PathBuf {
+    let dir = std::env::var_os("FLEX_GUESTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/wasm32-wasip2/release"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `scripts/build-guests.sh` (or `make build`)",
+        path.display()
+    );
+    path
 }

@@ -4,7 +4,7 @@
 //! each test checks the files, their owners and modes, and which code ran.
 
 use flex_tests::*;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Length of the trailer flex appends to wasmtime's artifact (see host/src/artifact.rs):
@@ -633,5 +633,56 @@ fn garbage_in_the_cache_is_bounded() {
     assert_eq!(node.artifacts().len(), 64);
     for (i, path) in others.iter().enumerate() {
         assert_eq!(path.exists(), i >= 7, "{}", path.display());
+    }
+}
+
+/// A plugin dir and artifact cache on read-only mounts (a kube-controller-manager container, a
+/// node with a read-only `/var`) with no usable artifact: calls still work, compiled into
+/// memory, and the log says so as a warning; nothing is written. Both when the cache dir exists
+/// without the artifact and when it cannot even be created.
+#[test]
+fn read_only_cache_and_plugin_dir_compile_in_memory() {
+    require_root();
+    let node = Node::new();
+    let driver = node.install("flex~tmpfs", &guest("flex_tmpfs"));
+    node.set_policy("flex~tmpfs", &shipped_policy("tmpfs"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(node.cache_dir())
+        .unwrap();
+    let plugin_dir = driver.parent().unwrap().parent().unwrap().to_path_buf();
+    let read_only = |dir: &std::path::Path| {
+        let dir = dir.to_str().unwrap();
+        for args in [vec!["--bind", dir, dir], vec!["-o", "remount,bind,ro", dir]] {
+            let status = std::process::Command::new("mount")
+                .args(&args)
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount {args:?}");
+        }
+    };
+    read_only(&plugin_dir);
+    read_only(&node.cache_dir());
+    let nowhere = node.cache_dir().join("not-yet");
+    for cache in [node.cache_dir(), nowhere] {
+        let pod = node.pod_dir("pod");
+        let json = mount_json("vol", false, None, &[("size", "8Mi")]);
+        let out = node
+            .command(&driver, &["mount", pod.to_str().unwrap(), &json])
+            .env("FLEX_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(reply["status"], "Success", "{cache:?}: {reply}");
+        assert_eq!(mounts_at(&pod).len(), 1, "the driver ran");
+        node.run(&driver, &["unmount", pod.to_str().unwrap()])
+            .success();
+        let warned = node.log().lines().any(|line| {
+            line.contains("\"level\":\"warn\"")
+                && line.contains("compiled")
+                && line.contains("in memory")
+        });
+        assert!(warned, "{cache:?}: {}", node.log());
+        assert!(node.artifacts().is_empty(), "nothing written");
     }
 }

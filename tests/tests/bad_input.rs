@@ -186,3 +186,33 @@ fn policy_check_validates_and_shows_grants() {
         out.stderr
     );
 }
+
+/// A Failure reply is logged at level `error`, a Success at `info`: an operator filtering the
+/// log by level sees every failed call.
+#[test]
+fn failure_replies_are_logged_as_errors() {
+    let (node, driver) = node_with_tmpfs();
+    node.run(&driver, &["init"]).success();
+    node.run(&driver, &["mount"]).failure();
+    let replies: Vec<(String, String)> = node
+        .log()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["message"].as_str().unwrap().starts_with("reply {"))
+        .map(|line| {
+            let reply: serde_json::Value =
+                serde_json::from_str(&line["message"].as_str().unwrap()["reply ".len()..]).unwrap();
+            let status = reply["status"].as_str().unwrap().to_owned();
+            (status, line["level"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(
+        replies,
+        [
+            ("Success".into(), "info".into()),
+            ("Failure".into(), "error".into())
+        ],
+        "{}",
+        node.log()
+    );
+}

@@ -45,7 +45,8 @@ fn install_upgrade_and_uninstall() {
     );
     let dir = plugins.join("acme~tmpfs");
     // Precompiled into the root-only cache, never into the plugin dir containers share.
-    assert_eq!(listing(&dir), ["tmpfs", "tmpfs.wasm"]);
+    assert_eq!(visible(&dir), ["tmpfs", "tmpfs.wasm"]);
+    assert_eq!(versions(&dir), 1);
     let cache = node.cache_dir().metadata().unwrap();
     assert_eq!((cache.uid(), cache.mode() & 0o7777), (0, 0o700));
     let artifacts = node.artifacts();
@@ -95,26 +96,21 @@ fn install_upgrade_and_uninstall() {
     let reply = node.run(&dir.join("tmpfs"), &["init"]).success();
     assert_eq!(reply["capabilities"]["attach"], false);
     // The replaced components' artifacts went with them (also those a concurrent call
-    // compiled while the upgrade removed its component).
-    let artifacts = node.artifacts();
-    assert_eq!(artifacts.len(), 1, "no stale artifact: {artifacts:?}");
-    assert_eq!(
-        artifact_inode(&artifacts[0]),
-        inode(&dir.join("tmpfs.wasm"))
-    );
-    assert_eq!(listing(&dir), ["tmpfs", "tmpfs.wasm"]);
+    // compiled while the upgrade removed its component), but for the version before the
+    // current one, kept for a call that started on it.
+    let mut artifacts: Vec<_> = node.artifacts().iter().map(|a| artifact_inode(a)).collect();
+    artifacts.sort();
+    let mut expected = vec![
+        inode(&dir.join("tmpfs.wasm")),
+        inode(&previous_component(&dir)),
+    ];
+    expected.sort();
+    assert_eq!(artifacts, expected, "no stale artifact");
+    assert_eq!(visible(&dir), ["tmpfs", "tmpfs.wasm"]);
+    assert_eq!(versions(&dir), 2, "{:?}", listing(&dir));
     assert_eq!(listing(&plugins), [".flex-compile", "acme~tmpfs"]);
 
-    let out = node.run(
-        &flex,
-        &[
-            "uninstall",
-            "--plugin-dir",
-            plugins.to_str().unwrap(),
-            "acme~tmpfs",
-        ],
-    );
-    assert_eq!(out.code, 0, "{out:?}");
+    uninstall(&node, &plugins, "acme~tmpfs");
     assert!(
         listing(&plugins).is_empty(),
         "the last driver takes the compiler with it"
@@ -123,6 +119,119 @@ fn install_upgrade_and_uninstall() {
         node.artifacts(),
         Vec::<std::path::PathBuf>::new(),
         "and its artifact"
+    );
+}
+
+fn uninstall(node: &Node, plugins: &std::path::Path, name: &str) {
+    let plugins = plugins.to_str().unwrap();
+    let out = node.run(
+        &flex_binary(),
+        &["uninstall", "--plugin-dir", plugins, name],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+/// What kubelet's prober considers (it ignores dot-names).
+fn visible(dir: &std::path::Path) -> Vec<String> {
+    let mut names = listing(dir);
+    names.retain(|n| !n.starts_with('.'));
+    names
+}
+
+fn versions(dir: &std::path::Path) -> usize {
+    listing(dir)
+        .iter()
+        .filter(|n| n.starts_with(".version-"))
+        .count()
+}
+
+/// The component of the version that is not the current one.
+fn previous_component(dir: &std::path::Path) -> std::path::PathBuf {
+    let current = std::fs::read_link(dir.join(".current")).unwrap();
+    let previous = listing(dir)
+        .into_iter()
+        .find(|n| n.starts_with(".version-") && std::path::Path::new(n) != current)
+        .unwrap();
+    dir.join(previous).join("tmpfs.wasm")
+}
+
+/// Upgrades while kubelet's prober watches (emulated as kubelet v1.20.2 reads inotify events,
+/// `flex_tests::prober`): every install is seen as an update that re-runs `init`, never as the
+/// driver's removal, which made a real kubelet drop the driver with its volumes mounted. Also
+/// from the first layout (flat files in the driver dir). An uninstall is seen as a removal:
+/// the emulation can tell.
+#[test]
+fn upgrades_never_look_like_a_removal_to_kubelets_prober() {
+    use flex_tests::prober::{Probe, Prober};
+    require_root();
+    let node = Node::new();
+    let plugins = node.path("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let policy = node.path("policy/in.toml");
+    std::fs::write(&policy, shipped_policy("tmpfs")).unwrap();
+    let flex = flex_binary();
+    let (tmpfs, hostile) = (guest("flex_tmpfs"), guest("flex_hostile"));
+    let install = |name: &str, component: &std::path::Path| {
+        let (plugins, policy) = (plugins.to_str().unwrap(), policy.to_str().unwrap());
+        let component = component.to_str().unwrap();
+        let args = [
+            "install",
+            "--plugin-dir",
+            plugins,
+            name,
+            component,
+            "--policy",
+            policy,
+        ];
+        let out = node.run(&flex, &args);
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout
+    };
+    // A driver installed by an earlier flex: the executable and the component as plain files.
+    let old = plugins.join("acme~old");
+    std::fs::create_dir(&old).unwrap();
+    std::fs::copy(&flex, old.join("old")).unwrap();
+    std::fs::copy(&tmpfs, old.join("old.wasm")).unwrap();
+
+    let prober = Prober::watch(&plugins);
+    install("acme~tmpfs", &tmpfs);
+    for component in [&hostile, &tmpfs, &hostile, &tmpfs] {
+        assert!(install("acme~tmpfs", component).starts_with("upgraded"));
+        node.run(&plugins.join("acme~tmpfs/tmpfs"), &["init"])
+            .success();
+    }
+    assert!(install("acme~tmpfs", &tmpfs).starts_with("unchanged"));
+    install("acme~old", &hostile);
+    let seen = prober.finish();
+    let removals: Vec<_> = seen
+        .iter()
+        .filter(|s| matches!(s.probe, Probe::Remove(_)))
+        .collect();
+    assert!(
+        removals.is_empty(),
+        "kubelet would drop the driver: {removals:?}"
+    );
+    for name in ["acme~tmpfs", "acme~old"] {
+        let updates = seen
+            .iter()
+            .filter(|s| s.probe == Probe::AddOrUpdate(name.into()))
+            .count();
+        assert!(updates >= 1, "{name} never re-probed: {seen:?}");
+    }
+    assert_eq!(visible(&old), ["old", "old.wasm"]);
+    assert_eq!(
+        std::fs::read(old.join("old.wasm")).unwrap(),
+        std::fs::read(&hostile).unwrap()
+    );
+    node.run(&old.join("old"), &["init"]).success();
+
+    let prober = Prober::watch(&plugins);
+    uninstall(&node, &plugins, "acme~tmpfs");
+    let seen = prober.finish();
+    assert!(
+        seen.iter()
+            .any(|s| s.probe == Probe::Remove("acme~tmpfs".into())),
+        "an uninstall is a removal: {seen:?}"
     );
 }
 

@@ -72,12 +72,140 @@ fn parse_size(text: &str) -> Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    //! The verbs, unit-tested natively against the SDK's fake host (`cargo test -p
+    //! flex-tmpfs`): no root, no wasm, no kubelet.
+
     use super::*;
+    use flex_sdk::Error;
+    use flex_sdk::testing::{Call, Host};
+
+    const DIR: &str = "/var/lib/kubelet/pods/u1/volumes/flex~tmpfs/scratch";
+
+    fn tmpfs_mount(options: &[&str]) -> Call {
+        Call::Mount {
+            source: "tmpfs".into(),
+            target: DIR.into(),
+            fs_type: "tmpfs".into(),
+            options: options.iter().map(|o| o.to_string()).collect(),
+            bind: false,
+        }
+    }
 
     #[test]
     fn sizes_stay_within_one_tebibyte() {
         assert_eq!(parse_size("1Ti").unwrap(), 1 << 40);
         assert!(parse_size("1025Gi").is_err());
         assert!(parse_size("64X").is_err());
+    }
+
+    #[test]
+    fn init_reports_a_non_attachable_driver_that_sets_the_group_itself() {
+        let caps = Tmpfs::init().unwrap();
+        assert!(!caps.attach);
+        assert!(caps.supports_metrics);
+        assert!(!caps.fs_group);
+    }
+
+    #[test]
+    fn mount_defaults_to_64_mebibytes_writable_by_all() {
+        let host = Host::new();
+        Tmpfs::mount(DIR.into(), Options::default()).unwrap();
+        assert_eq!(
+            host.calls(),
+            [
+                Call::IsMountpoint { path: DIR.into() },
+                tmpfs_mount(&["nosuid", "nodev", "size=67108864", "mode=0777"]),
+            ]
+        );
+        assert!(host.mounts.is_mounted(DIR));
+    }
+
+    #[test]
+    fn mount_applies_size_read_only_and_fs_group() {
+        let host = Host::new();
+        let options = Options::default()
+            .with_extra("size", "8Mi")
+            .with_read_only(true)
+            .with_fs_group(2000);
+        Tmpfs::mount(DIR.into(), options).unwrap();
+        assert_eq!(
+            host.calls().last(),
+            Some(&tmpfs_mount(&[
+                "nosuid",
+                "nodev",
+                "size=8388608",
+                "ro",
+                "gid=2000",
+                "mode=2775"
+            ]))
+        );
+    }
+
+    #[test]
+    fn a_bad_size_fails_before_any_host_call() {
+        let host = Host::new();
+        for size in ["0", "2Ti", "lots"] {
+            let options = Options::default().with_extra("size", size);
+            assert!(
+                matches!(Tmpfs::mount(DIR.into(), options), Err(Error::Failure(_))),
+                "{size}"
+            );
+        }
+        assert_eq!(host.calls(), []);
+    }
+
+    #[test]
+    fn mount_is_idempotent() {
+        let host = Host::new();
+        Tmpfs::mount(DIR.into(), Options::default()).unwrap();
+        host.take_calls();
+        Tmpfs::mount(DIR.into(), Options::default()).unwrap();
+        assert_eq!(host.calls(), [Call::IsMountpoint { path: DIR.into() }]);
+        assert!(
+            host.logs()
+                .iter()
+                .any(|(_, line)| line.contains("already mounted"))
+        );
+    }
+
+    #[test]
+    fn a_host_refusal_reaches_kubelet() {
+        let host = Host::new();
+        host.fail_when(
+            |call| matches!(call, Call::Mount { .. }),
+            "denied: option size=67108864 is not granted",
+        );
+        assert_eq!(
+            Tmpfs::mount(DIR.into(), Options::default()),
+            Err(flex_sdk::failure(
+                "denied: option size=67108864 is not granted"
+            ))
+        );
+        assert!(!host.mounts.is_mounted(DIR));
+    }
+
+    #[test]
+    fn unmount_undoes_mount_and_accepts_a_directory_not_mounted() {
+        let host = Host::new();
+        Tmpfs::mount(DIR.into(), Options::default()).unwrap();
+        Tmpfs::unmount(DIR.into()).unwrap();
+        assert!(host.mounts.mounted().is_empty());
+        host.take_calls();
+        // kubelet calls unmount also for a directory that is not mounted.
+        Tmpfs::unmount(DIR.into()).unwrap();
+        assert_eq!(host.calls(), [Call::IsMountpoint { path: DIR.into() }]);
+    }
+
+    #[test]
+    fn attach_verbs_are_not_supported() {
+        let _host = Host::new();
+        assert_eq!(
+            Tmpfs::attach(Options::default(), "node-1".into()),
+            Err(Error::NotSupported)
+        );
+        assert_eq!(
+            Tmpfs::mount_device("/dmp".into(), "/dev/x".into(), Options::default()),
+            Err(Error::NotSupported)
+        );
     }
 }
