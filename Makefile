@@ -5,7 +5,7 @@ GUESTS := -p flex-tmpfs -p flex-hostile -p flex-loop -p flex-ebs
 # Where cargo puts the binaries: CARGO_TARGET_DIR is honoured.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
-.PHONY: build demo test lint bench
+.PHONY: build demo test test-node e2e lint bench
 
 # `flex` (per call, no compiler) and `flex-compile` (same crate and wasmtime, with Cranelift).
 # `flex` is linked statically (static-pie, so still address-randomised), as deploy/Containerfile
@@ -16,6 +16,9 @@ build:
 	$(CARGO) rustc --release -p flex --bin flex -- -C target-feature=+crt-static
 	$(CARGO) build --release -p flex --features compiler --bin flex-compile
 	$(CARGO) build --release --target wasm32-wasip2 $(GUESTS)
+# The Python and JavaScript drivers (componentize-py and componentize-js, installed on first use
+# into target/guest-tools and sdk/js/node_modules).
+	scripts/build-guests.sh
 # The man pages (flex.1, flex-install.1, ...), from the same definitions as `flex help`.
 	$(TARGET_DIR)/release/flex completions man --dir $(TARGET_DIR)/release/man
 
@@ -26,13 +29,27 @@ demo: export FLEX_TARGET_DIR = $(TARGET_DIR)
 demo: build
 	scripts/demo.sh
 
-# Unit tests, then end-to-end tests through the real binary (needs root: real mounts).
-test: build
+# Every test: unit tests and tests through the real binary on real mounts (test-node), then
+# the end-to-end tier on a real Kubernetes (e2e). Needs root.
+test: test-node e2e
+
+test-node: build
 	$(CARGO) test --release --no-fail-fast -p flex -p flex-guest-sdk -p flex-tmpfs -p flex-tests --lib --bins --tests
+
+# A one-node Kubernetes v1.20.2 built from Debian's source (cached in /var/cache/flex-e2e: only a
+# cold run builds it), kube-apiserver, kube-controller-manager and kubelet driving flex; the
+# scenarios print the verbs each process sent. The cluster is torn down whatever happens.
+e2e: build
+	e2e/build-k8s.sh >/dev/null
+	FLEX_E2E_SKIP_SMOKE=1 e2e/cluster.sh up >/dev/null
+	$(CARGO) test --release -p flex-e2e --test scenarios -- --test-threads=1 --nocapture; \
+	  status=$$?; e2e/cluster.sh down >/dev/null 2>&1; exit $$status
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	shellcheck e2e/*.sh e2e/drivers/*/* scripts/*.sh
+	for f in sdk/js/*.js sdk/js/build.mjs plugins/tmpfs-js/*.js; do node --check $$f || exit 1; done
 	$(CARGO) clippy --release --target wasm32-wasip2 $(GUESTS) -p flex-guest-sdk -- -D warnings
 
 # Per-call latency against /bin/true, native Rust, bash+jq and the flex of BENCH_BASELINE_REV

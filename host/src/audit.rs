@@ -75,6 +75,7 @@ impl Audit {
         let record = json!({
             "time_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
             "pid": std::process::id(),
+            "ppid": nix::unistd::getppid().as_raw(),
             "driver": &*self.driver,
             "verb": &*self.verb,
             "operation": operation,

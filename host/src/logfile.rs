@@ -281,6 +281,9 @@ impl Logger {
         let mut line = serde_json::json!({
             "time_ms": unix_millis(),
             "pid": std::process::id(),
+            // Who exec'd this call (kubelet, kube-controller-manager, a person): the process
+            // tree a verb ran in, for operators and the e2e tier.
+            "ppid": nix::unistd::getppid().as_raw(),
             "level": level,
             "source": source,
             "driver": self.driver,

@@ -25,6 +25,22 @@ impl Driver for Hostile {
                 Ok(bytes) => Err(failure(format!("read {} bytes", bytes.len()))),
                 Err(e) => Err(failure(format!("cannot read: {e}"))),
             },
+            // Not an attack: the e2e tier's secretRef check. Records the decoded secrets it
+            // received in its own state dir (never a log), then mounts a tmpfs for the pod.
+            "record-secrets" => {
+                let seen: String = options
+                    .secrets
+                    .iter()
+                    .map(|s| format!("{}={}\n", s.name, String::from_utf8_lossy(&s.value)))
+                    .collect();
+                std::fs::write("/state/secrets-seen", seen)
+                    .map_err(|e| failure(format!("cannot write /state/secrets-seen: {e}")))?;
+                mounts::Mount::new("tmpfs", &target_dir)
+                    .fs_type("tmpfs")
+                    .option("nosuid")
+                    .option("nodev")
+                    .mount()
+            }
             "panic" => panic!("hostile driver panicked on purpose"),
             "print" => {
                 println!("{{\"status\":\"Success\"}}");
