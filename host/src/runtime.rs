@@ -136,6 +136,16 @@ pub fn run(
                     }
                     Some(prepared)
                 }
+                // Controller verbs on a read-only control plane need no state: the driver runs
+                // without `/state` and any use of it fails in the driver, with its message.
+                Err(e) if e.starts_with(state::UNAVAILABLE) => {
+                    logger.log(
+                        "warn",
+                        "host",
+                        &format!("{e}: /state is absent for this call"),
+                    );
+                    None
+                }
                 Err(e) => return (Reply::failure(e), logger),
             }
         }

@@ -686,3 +686,36 @@ fn read_only_cache_and_plugin_dir_compile_in_memory() {
         assert!(node.artifacts().is_empty(), "nothing written");
     }
 }
+
+/// A `[state]` grant on a machine whose file systems are read-only (kube-controller-manager's
+/// container): the state directory cannot be created, and a call that needs none (`init`,
+/// `attach`) still runs, without `/state`, with a warning in the log.
+#[test]
+fn state_dir_on_a_read_only_file_system_is_left_out() {
+    require_root();
+    let node = Node::new();
+    let driver = node.install("flex~tmpfs", &guest("flex_tmpfs"));
+    let read_only = node.path("ro");
+    std::fs::create_dir(&read_only).unwrap();
+    let dir = read_only.to_str().unwrap();
+    for args in [vec!["--bind", dir, dir], vec!["-o", "remount,bind,ro", dir]] {
+        let status = std::process::Command::new("mount")
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount {args:?}");
+    }
+    let policy = format!(
+        "{}\n[state]\ndir = \"{dir}/flex~tmpfs\"\n",
+        shipped_policy("tmpfs")
+    );
+    node.set_policy("flex~tmpfs", &policy);
+    node.run(&driver, &["init"]).success();
+    assert!(
+        node.log()
+            .lines()
+            .any(|l| l.contains("\"level\":\"warn\"") && l.contains("/state is absent")),
+        "{}",
+        node.log()
+    );
+}

@@ -69,10 +69,20 @@ impl StateGrant {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(|e| format!("cannot create state directory {}: {e}", dir.display()))?;
+            .map_err(|e| match e.raw_os_error() == Some(nix::libc::EROFS) {
+                true => format!(
+                    "{UNAVAILABLE}: {} is on a read-only file system",
+                    dir.display()
+                ),
+                false => format!("cannot create state directory {}: {e}", dir.display()),
+            })?;
         Ok(dir)
     }
 }
+
+/// How an error starts when the state directory cannot exist here (a kube-controller-manager
+/// container whose file systems are read-only): the call then runs without `/state`.
+pub const UNAVAILABLE: &str = "no state directory on this machine";
 
 /// What a directory holds: allocated bytes and entries, counted without following symlinks.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
