@@ -330,6 +330,7 @@ start_kcm() {
 		--kubeconfig "$KCFG/kcm.kubeconfig" \
 		--bind-address 127.0.0.1 --secure-port 0 --port 0 \
 		--leader-elect=false \
+		--use-service-account-credentials=true \
 		--flex-volume-plugin-dir "$KCM_PLUGINS" \
 		--attach-detach-reconcile-sync-period 5s \
 		--service-account-private-key-file "$PKI/sa.key" \

@@ -360,7 +360,7 @@ fn installed_drivers(plugin_dir: &Path) -> Result<Vec<(String, PathBuf)>, String
 }
 
 /// `vendor~driver` → `driver`, checked as kubelet will check the name (one `~`, a qualified name).
-fn driver_of(name: &str) -> Result<&str, String> {
+pub(crate) fn driver_of(name: &str) -> Result<&str, String> {
     let valid = |part: &str| {
         !part.is_empty()
             && part.len() <= 63

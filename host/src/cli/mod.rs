@@ -19,8 +19,10 @@
 //! kubelet call.
 
 mod check;
+mod conformance;
 mod doctor;
 mod logs;
+mod new;
 mod run;
 
 use crate::{artifact, inspect, install};
@@ -29,7 +31,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// `argv[1]` values that select the CLI; none is a FlexVolume verb, past or present.
-pub const OPERATOR_COMMANDS: [&str; 15] = [
+pub const OPERATOR_COMMANDS: [&str; 17] = [
     "install",
     "uninstall",
     "list",
@@ -39,6 +41,8 @@ pub const OPERATOR_COMMANDS: [&str; 15] = [
     "audit",
     "doctor",
     "run",
+    "new",
+    "test",
     "completions",
     "help",
     "--help",
@@ -140,11 +144,21 @@ enum Command {
         after_help = "Examples:\n  flex run --component target/wasm32-wasip2/release/flex_tmpfs.wasm --policy plugins/tmpfs/policy.toml --log-stderr init\n  flex run --component x.wasm --policy p.toml --dry-run mount /tmp/vol '{\"kubernetes.io/fsType\":\"tmpfs\"}'"
     )]
     Run(run::RunArgs),
+    /// Create a driver project (Rust, Python or JavaScript), ready to build, test and install
+    #[command(
+        after_help = "Examples:\n  flex new acme~scratch --lang rust\n  flex new acme~scratch --lang python --dir ~/src/scratch-py\n  flex new acme~scratch --lang js"
+    )]
+    New(new::NewArgs),
     /// Check a node: plugin dir, installed drivers, policies, artifacts, tools, permissions
     #[command(
         after_help = "Examples:\n  flex doctor\n  flex doctor --plugin-dir /var/lib/kubelet/volumeplugins"
     )]
     Doctor(doctor::DoctorArgs),
+    /// Check any FlexVolume driver against kubelet's protocol, on a scratch node (csi-sanity for Flex)
+    #[command(
+        after_help = "Runs init, then the volume's life as kubelet and kube-controller-manager drive it (each verb\ntwice), on a root-only scratch node that is torn down afterwards. Exit 1 on any failure.\n\nExamples:\n  flex test --component target/wasm32-wasip2/release/flex_tmpfs.wasm --policy plugins/tmpfs/policy.toml -o size=8Mi\n  flex test --driver /usr/libexec/kubernetes/kubelet-plugins/volume/exec/flex~loop/loop -o size=64Mi\n  flex test --driver ./my-driver.sh --skip expandfs --junit results.xml"
+    )]
+    Test(conformance::TestArgs),
     /// Print shell completions (bash, zsh, fish) or the man page (man)
     #[command(
         after_help = "Examples:\n  flex completions bash > /etc/bash_completion.d/flex\n  flex completions man > /usr/share/man/man1/flex.1"
@@ -317,7 +331,9 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::Logs(a) => logs::logs(&a),
         Command::Audit(a) => logs::audit(&a),
         Command::Run(a) => run::command(a),
+        Command::New(a) => new::command(&a),
         Command::Doctor(a) => doctor::command(&a),
+        Command::Test(a) => conformance::command(&a),
         Command::Completions { shell, dir } => completions(shell, dir).map(|()| 0),
     };
     match result {
