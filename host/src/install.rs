@@ -113,6 +113,7 @@ fn upgrade(a: &InstallArgs, installed: &Path, driver: &str) -> Result<&'static s
 /// the artifact is the installed one's.
 fn precompile(staged: &Path, component: &Path) -> Result<(), String> {
     let engine = runtime::engine()?;
+    let _progress = Progress::start(component);
     artifact::load(&engine, staged, &|_| Ok(()), &mut Vec::new())
         .map(|_| ())
         .map_err(|e| {
@@ -121,6 +122,61 @@ fn precompile(staged: &Path, component: &Path) -> Result<(), String> {
                 &component.display().to_string(),
             )
         })
+}
+
+/// A line on a terminal while a compile takes more than a second (a 19 MB Python component
+/// takes about 10 s): what is compiled and for how long so far. Nothing when stderr is not a
+/// terminal (the DaemonSet's log, scripts).
+struct Progress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(component: &Path) -> Option<Progress> {
+        use std::io::{IsTerminal, Write};
+        use std::sync::atomic::Ordering;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let size = fs::metadata(component).map_or(0, |m| m.len());
+        let what = format!(
+            "compiling {} ({:.1} MB)",
+            component.display(),
+            size as f64 / 1e6
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut shown = false;
+            while !stopping.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let elapsed = start.elapsed().as_secs();
+                if elapsed >= 1 {
+                    eprint!("\r{what}... {elapsed} s");
+                    let _ = std::io::stderr().flush();
+                    shown = true;
+                }
+            }
+            if shown {
+                eprintln!("\r{what}: done in {:.1} s", start.elapsed().as_secs_f64());
+            }
+        });
+        Some(Progress {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// An exclusive `flock` on the plugin dir itself (no lock file for kubelet to see).

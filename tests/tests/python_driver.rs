@@ -266,3 +266,32 @@ fn inspect_shows_only_the_worlds_capabilities() {
     assert_eq!(report["unused_grants"], json!([]));
     assert_eq!(report["would_not_link"], json!([]));
 }
+
+/// `flex install` of a component whose compile takes seconds shows what it compiles and for
+/// how long, on a terminal (here a pseudo-terminal from `script`); elsewhere it prints nothing
+/// (the other install tests check an empty stderr).
+#[test]
+fn install_on_a_terminal_shows_compile_progress() {
+    require_root();
+    let node = Node::new();
+    let command = format!(
+        "{} install --plugin-dir {} {NAME} {}",
+        flex_binary().display(),
+        node.path("plugins").display(),
+        script_guest("flex_hostpath_py").display()
+    );
+    let out = node
+        .command(
+            std::path::Path::new("script"),
+            &["-qec", &command, "/dev/null"],
+        )
+        .output()
+        .expect("script (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("compiling") && text.contains("MB)... 1 s") && text.contains("done in"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("installed {NAME}")), "{text}");
+}

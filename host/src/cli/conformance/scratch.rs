@@ -272,11 +272,11 @@ mod tests {
     #[test]
     fn mountinfo_escapes() {
         assert_eq!(
-            super::crate::caps::mounts::unescape_mountinfo(r"/a\040b\134c"),
+            crate::caps::mounts::unescape_mountinfo(r"/a\040b\134c"),
             r"/a b\c"
         );
         assert_eq!(
-            super::crate::caps::mounts::unescape_mountinfo(r"/plain\0"),
+            crate::caps::mounts::unescape_mountinfo(r"/plain\0"),
             r"/plain\0"
         );
     }
