@@ -150,35 +150,30 @@ fn s1_inline_tmpfs_with_size_and_fs_group() {
     );
 }
 
-/// A loop image provisioned as the provisioner would (the driver's `provision`, node side).
-fn provision_loop(c: &Cluster, pv: &str, size: &str) {
+/// A loop image provisioned (`size` given) or deleted as the provisioner would: the
+/// driver's `provision` / `delete`, node side.
+fn loop_image(c: &Cluster, verb: &str, pv: &str, size: Option<&str>) {
     let driver = c.plugin_dir(Side::Kubelet).join("flex~loop/loop");
-    let json = format!(r#"{{"kubernetes.io/pvOrVolumeName":"{pv}","size":"{size}"}}"#);
+    let size = size.map_or(String::new(), |s| format!(r#","size":"{s}""#));
+    let json = format!(r#"{{"kubernetes.io/pvOrVolumeName":"{pv}"{size}}}"#);
     let out = c
         .flex_command(Side::Kubelet, &driver)
-        .args(["provision", &json])
+        .args([verb, &json])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "provision {pv}: {}",
+        "{verb} {pv}: {}",
         String::from_utf8_lossy(&out.stdout)
     );
 }
 
+fn provision_loop(c: &Cluster, pv: &str, size: &str) {
+    loop_image(c, "provision", pv, Some(size));
+}
+
 fn delete_loop(c: &Cluster, pv: &str) {
-    let driver = c.plugin_dir(Side::Kubelet).join("flex~loop/loop");
-    let json = format!(r#"{{"kubernetes.io/pvOrVolumeName":"{pv}"}}"#);
-    let out = c
-        .flex_command(Side::Kubelet, &driver)
-        .args(["delete", &json])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "delete {pv}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    loop_image(c, "delete", pv, None);
 }
 
 fn loop_pv_and_claim(name: &str, size: &str, fs: &str, class: &str) -> String {

@@ -312,6 +312,20 @@ impl Trailer {
         out
     }
 
+    /// This engine's, for this component file, with a body of `body_len` bytes before it.
+    fn check(&self, identity: &Identity, body_len: u64) -> Result<(), String> {
+        if self.engine != engine_hash() {
+            return Err("compiled by another flex or wasmtime".into());
+        }
+        if self.identity != *identity {
+            return Err("compiled from another component file".into());
+        }
+        if self.body_len != body_len {
+            return Err("truncated".into());
+        }
+        Ok(())
+    }
+
     fn decode(bytes: &[u8; TRAILER_LEN]) -> Result<Trailer, String> {
         if &bytes[TRAILER_LEN - 8..] != MAGIC {
             return Err("not a flex artifact (no trailer): truncated or foreign".into());
@@ -678,15 +692,7 @@ fn checked_trailer(file: &File, identity: &Identity) -> Result<Trailer, String> 
     file.read_exact_at(&mut bytes, at)
         .map_err(|e| format!("read trailer: {e}"))?;
     let trailer = Trailer::decode(&bytes)?;
-    if trailer.engine != engine_hash() {
-        return Err("compiled by another flex or wasmtime".into());
-    }
-    if trailer.identity != *identity {
-        return Err("compiled from another component file".into());
-    }
-    if trailer.body_len != at {
-        return Err("truncated".into());
-    }
+    trailer.check(identity, at)?;
     Ok(trailer)
 }
 

@@ -72,9 +72,7 @@ fn upgrade(a: &InstallArgs, installed: &Path, driver: &str) -> Result<&'static s
     let version = layout::write_version(installed, driver, &a.component)?;
     let new_component = layout::component(installed, &version, driver);
     let discard = |version: &str| {
-        let gone = artifact::Inode::of(&layout::component(installed, version, driver));
-        let _ = fs::remove_dir_all(installed.join(version));
-        if let Some(gone) = gone {
+        if let Some(gone) = layout::remove_version(installed, version, driver) {
             let _ = artifact::forget(gone);
         }
     };

@@ -480,20 +480,7 @@ fn concurrent_calls_on_one_volume_converge() {
     n.run(&["init"]).success();
     let json = base_json(pv, "ext4", &[]);
     let placeholder = format!("loop:{pv}");
-    let devices: Vec<String> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..8)
-            .map(|_| s.spawn(|| n.run(&["waitforattach", &placeholder, &json])))
-            .collect();
-        calls
-            .into_iter()
-            .map(|c| {
-                c.join().unwrap().success()["device"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
-    });
+    let devices = concurrent_waitforattach(&n, 8, &placeholder, &json);
     assert!(devices.iter().all(|d| d == &devices[0]), "{devices:?}");
     assert_eq!(loop_devices_under(&n.images()).len(), 1);
 
@@ -727,20 +714,7 @@ fn killed_and_repeated_node_verbs_converge() {
 
     // Concurrent waitforattach of a new inline volume: one image, one device for all.
     let json = inline("tmp-race");
-    let devices: Vec<String> = std::thread::scope(|s| {
-        let calls: Vec<_> = (0..6)
-            .map(|_| s.spawn(|| n.run(&["waitforattach", "loop:tmp-race", &json])))
-            .collect();
-        calls
-            .into_iter()
-            .map(|c| {
-                c.join().unwrap().success()["device"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect()
-    });
+    let devices = concurrent_waitforattach(&n, 6, "loop:tmp-race", &json);
     assert!(devices.iter().all(|d| d == &devices[0]), "{devices:?}");
     assert_eq!(n.loops_of("tmp-race").len(), 1);
     assert!(n.state("inline", "tmp-race").exists());
@@ -984,4 +958,22 @@ fn dry_run_changes_nothing() {
     n.run(&["detach", pv, NODE]).success();
     n.delete(pv);
     n.assert_nothing_leaks();
+}
+
+/// `calls` simultaneous `waitforattach` calls for one volume; the device each returned.
+fn concurrent_waitforattach(n: &LoopNode, calls: usize, device: &str, json: &str) -> Vec<String> {
+    std::thread::scope(|s| {
+        let calls: Vec<_> = (0..calls)
+            .map(|_| s.spawn(|| n.run(&["waitforattach", device, json])))
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| {
+                c.join().unwrap().success()["device"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    })
 }

@@ -4,7 +4,7 @@
 //! want of a writable directory. Nothing is read back from disk but the component, so the
 //! cache's trust rules have nothing to check.
 
-use super::{Digest, Identity, TRAILER_LEN, Trailer, engine_hash};
+use super::{Digest, Identity, TRAILER_LEN, Trailer};
 use std::fs::File;
 use std::path::Path;
 use wasmtime::Engine;
@@ -51,11 +51,11 @@ pub(super) fn load(
     if trailer.identity != *identity {
         return Err("the driver component changed while it was compiled: try again".into());
     }
-    if trailer.engine != engine_hash()
-        || trailer.body_len != body_len as u64
-        || trailer.checksum != xxh3_64(&bytes[..body_len])
-    {
-        return Err("the compiler wrote an artifact for another engine, or a damaged one".into());
+    trailer
+        .check(identity, body_len as u64)
+        .map_err(|e| format!("the artifact compiled in memory: {e}"))?;
+    if trailer.checksum != xxh3_64(&bytes[..body_len]) {
+        return Err("the artifact compiled in memory is damaged (checksum)".into());
     }
     accept(&trailer.digest)?;
     // SAFETY: the bytes were compiled just now, by our own compiler (the same wasmtime build

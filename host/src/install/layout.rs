@@ -133,15 +133,22 @@ pub fn prune(driver_dir: &Path, keep: &[&str], driver: &str) -> Vec<crate::artif
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with(VERSION_PREFIX) && !keep.contains(&name.as_str()) {
-            let inode = crate::artifact::Inode::of(&component(driver_dir, &name, driver));
-            if fs::remove_dir_all(entry.path()).is_ok() {
-                removed.extend(inode);
-            }
+            removed.extend(remove_version(driver_dir, &name, driver));
         } else if name.starts_with('.') && name.contains(LINK_TEMP) {
             let _ = fs::remove_file(entry.path());
         }
     }
     removed
+}
+
+/// Removes one version; returns its component's inode once it is gone (its artifacts go next).
+pub fn remove_version(
+    driver_dir: &Path,
+    version: &str,
+    driver: &str,
+) -> Option<crate::artifact::Inode> {
+    let inode = crate::artifact::Inode::of(&component(driver_dir, version, driver));
+    fs::remove_dir_all(driver_dir.join(version)).ok().and(inode)
 }
 
 /// Every component in a driver directory, this layout's versions and the first layout's
