@@ -15,6 +15,10 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 build:
 	$(CARGO) rustc --release -p flex --bin flex -- -C target-feature=+crt-static
 	$(CARGO) build --release -p flex --features compiler --bin flex-compile
+# The provisioner (`flex provisioner` execs it from beside `flex`): a controller, built without
+# fat LTO (profile `controller`).
+	$(CARGO) build --profile controller -p flex-provisioner
+	install -m 0755 $(TARGET_DIR)/controller/flex-provisioner $(TARGET_DIR)/release/flex-provisioner
 	$(CARGO) build --release --target wasm32-wasip2 $(GUESTS)
 # The Python and JavaScript drivers (componentize-py and componentize-js, installed on first use
 # into target/guest-tools and sdk/js/node_modules).
@@ -33,8 +37,12 @@ demo: build
 # the end-to-end tier on a real Kubernetes (e2e). Needs root.
 test: test-node e2e
 
+# build-k8s.sh (cached) also fetches the Kubernetes 1.20 source whose OpenAPI spec
+# tests/tests/deploy.rs validates the manifests against.
 test-node: build
-	$(CARGO) test --release --no-fail-fast -p flex -p flex-guest-sdk -p flex-tmpfs -p flex-tests --lib --bins --tests
+	e2e/build-k8s.sh >/dev/null
+	$(CARGO) test --release --no-fail-fast -p flex -p flex-guest-sdk -p flex-tmpfs -p flex-loop -p flex-ebs -p flex-tests --lib --bins --tests
+	$(CARGO) test --profile controller -p flex-provisioner
 
 # A one-node Kubernetes v1.20.2 built from Debian's source (cached in /var/cache/flex-e2e: only a
 # cold run builds it), kube-apiserver, kube-controller-manager and kubelet driving flex; the
@@ -42,8 +50,10 @@ test-node: build
 e2e: build
 	e2e/build-k8s.sh >/dev/null
 	FLEX_E2E_SKIP_SMOKE=1 e2e/cluster.sh up >/dev/null
-	$(CARGO) test --release -p flex-e2e --test scenarios -- --test-threads=1 --nocapture; \
-	  status=$$?; e2e/cluster.sh down >/dev/null 2>&1; exit $$status
+	status=0; \
+	  $(CARGO) test --release -p flex-e2e --test scenarios -- --test-threads=1 --nocapture || status=1; \
+	  $(CARGO) test --release -p flex-e2e --test provisioning -- --test-threads=1 --nocapture || status=1; \
+	  e2e/cluster.sh down >/dev/null 2>&1; exit $$status
 
 lint:
 	$(CARGO) fmt --all --check

@@ -6,6 +6,8 @@
 //! own `FLEX_LOG_DIR`, and every line records the `ppid` that exec'd flex, checked against the
 //! component's PID the cluster script recorded.
 
+pub mod provisioner;
+
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-use crate::{Capabilities, Error, Options, Result};
+use crate::{Capabilities, Error, Options, ProvisionRequest, Provisioned, ProvisionerInfo, Result};
 
 /// The FlexVolume verbs, one associated function each.
 ///
@@ -134,13 +134,15 @@ pub trait Driver {
     /// `provision <options>`, run by the external flex provisioner in its pod (not on a node):
     /// create the volume named by [`Options::pv_or_volume_name`], sized by the `requestBytes`
     /// option, with the StorageClass parameters in [`Options::extra`]. A volume that already
-    /// exists (a retry) is success.
+    /// exists (a retry) is success. `flex provisioner` calls [`Provisioner::provision`]
+    /// instead, which can hand the PV its capacity and options.
     fn provision(options: Options) -> Result<()> {
         Err(Error::NotSupported)
     }
 
     /// `delete <options>`, run by the external flex provisioner: delete the volume named by
-    /// [`Options::pv_or_volume_name`]. A missing volume is success.
+    /// [`Options::pv_or_volume_name`]. A missing volume is success. `flex provisioner` calls
+    /// [`Provisioner::delete`] instead.
     fn delete(options: Options) -> Result<()> {
         Err(Error::NotSupported)
     }
@@ -226,6 +228,151 @@ macro_rules! export_driver {
             }
 
             $crate::bindings::__export_flex_driver!(Exports);
+        };
+    };
+}
+
+/// Dynamic provisioning for `flex provisioner`: the WIT interface `flex:volume/provisioning`,
+/// exported beside the verbs with
+/// [`export_provisioning_driver!`](crate::export_provisioning_driver).
+///
+/// The controller watches PersistentVolumeClaims whose StorageClass names this driver as its
+/// `provisioner`. It calls [`Provisioner::describe`] first and refuses, with an event and no
+/// call, a claim asking for an access mode the driver does not list or a StorageClass with a
+/// parameter it does not list. Then [`Provisioner::provision`] creates the backend volume; the
+/// PersistentVolume it creates is named [`ProvisionRequest::name`] (`pvc-<claim uid>`), gets
+/// [`Provisioned::capacity_bytes`] as its capacity and [`Provisioned::options`] as its
+/// `flexVolume.options`, which every node verb then receives in [`Options::extra`] (beside
+/// `kubernetes.io/pvOrVolumeName` = the PV name). When the PV is released with reclaim policy
+/// `Delete`, [`Provisioner::delete`] gets the PV name and those options back.
+///
+/// The calls run in the controller's pod under the driver's policy, like every verb, and are
+/// retried after a failure, a crash or a restart with the same request, so both must be
+/// idempotent: "already done" is success. Validate everything before creating anything.
+///
+/// The functions share their names with [`Driver::provision`] and [`Driver::delete`] (the
+/// protocol's older verbs), so call them as `<MyDriver as Provisioner>::provision(..)`.
+///
+/// ```
+/// use flex_sdk::{
+///     AccessMode, Capabilities, Driver, ProvisionRequest, Provisioned, Provisioner,
+///     ProvisionerInfo, Result, block, failure,
+/// };
+///
+/// struct Images;
+///
+/// impl Driver for Images {
+///     fn init() -> Result<Capabilities> {
+///         Ok(Capabilities { attach: true, ..Capabilities::default() })
+///     }
+/// }
+///
+/// impl Provisioner for Images {
+///     fn describe() -> ProvisionerInfo {
+///         ProvisionerInfo::new([AccessMode::ReadWriteOnce], ["fsType"])
+///     }
+///     fn provision(request: ProvisionRequest) -> Result<Provisioned> {
+///         if let Some(fs) = request.fs_type.as_deref().filter(|fs| *fs != "ext4") {
+///             return Err(failure(format!("fsType {fs} is not supported")));
+///         }
+///         let size = request.rounded_size(1 << 20)?; // whole MiB, within the claim's limit
+///         let actual = block::create_image(&request.name, size)?; // a retry keeps it
+///         Ok(Provisioned::new(actual).with_option("image", &request.name))
+///     }
+///     fn delete(name: String, _options: Vec<(String, String)>) -> Result<()> {
+///         block::delete_image(&name) // a missing image is success
+///     }
+/// }
+///
+/// flex_sdk::export_provisioning_driver!(Images);
+///
+/// let host = flex_sdk::testing::Host::new();
+/// let request = ProvisionRequest::new("pvc-1", 1_000_000);
+/// let provisioned = <Images as Provisioner>::provision(request.clone()).unwrap();
+/// assert_eq!(provisioned.capacity_bytes, 1 << 20);
+/// assert_eq!(provisioned.option("image"), Some("pvc-1"));
+/// assert_eq!(<Images as Provisioner>::provision(request).unwrap(), provisioned);
+/// <Images as Provisioner>::delete("pvc-1".into(), provisioned.options).unwrap();
+/// assert!(host.block.image("pvc-1").is_none());
+/// ```
+pub trait Provisioner: Driver {
+    /// What the driver provisions: the access modes it supports and the StorageClass
+    /// parameters it understands. Answer from constants: no host calls.
+    fn describe() -> ProvisionerInfo;
+
+    /// Creates the backend volume [`ProvisionRequest::name`] of at least
+    /// [`ProvisionRequest::requested_bytes`] and never more than
+    /// [`ProvisionRequest::limit_bytes`] (see [`ProvisionRequest::rounded_size`]), or returns
+    /// the one that already exists under that name (a retry): its actual capacity, and the
+    /// options the node verbs need to find it (a backend volume ID, the file system type...).
+    /// Check every parameter before creating anything: a refused request must leave nothing
+    /// behind.
+    fn provision(request: ProvisionRequest) -> Result<Provisioned>;
+
+    /// Deletes the backend volume of the PersistentVolume `name`, with the options
+    /// [`Provisioner::provision`] returned for it. A volume that no longer exists is success;
+    /// one still in use is a failure (the controller retries later).
+    fn delete(name: String, options: Vec<(String, String)>) -> Result<()>;
+}
+
+/// Exports a [`Driver`] that is also a [`Provisioner`]: the component's `flex:volume/verbs`
+/// and `flex:volume/provisioning` (the world `provisioning-driver`), for kubelet and
+/// kube-controller-manager and for `flex provisioner`.
+///
+/// Use it instead of [`export_driver!`], once, at the root of the driver's `cdylib` crate.
+///
+/// ```
+/// use flex_sdk::{
+///     AccessMode, Capabilities, Driver, ProvisionRequest, Provisioned, Provisioner,
+///     ProvisionerInfo, Result,
+/// };
+///
+/// struct Static;
+///
+/// impl Driver for Static {
+///     fn init() -> Result<Capabilities> {
+///         Ok(Capabilities::default())
+///     }
+/// }
+///
+/// impl Provisioner for Static {
+///     fn describe() -> ProvisionerInfo {
+///         ProvisionerInfo::new([AccessMode::ReadWriteMany], [] as [&str; 0])
+///     }
+///     fn provision(request: ProvisionRequest) -> Result<Provisioned> {
+///         Ok(Provisioned::new(request.requested_bytes))
+///     }
+///     fn delete(_name: String, _options: Vec<(String, String)>) -> Result<()> {
+///         Ok(())
+///     }
+/// }
+///
+/// flex_sdk::export_provisioning_driver!(Static);
+/// ```
+#[macro_export]
+macro_rules! export_provisioning_driver {
+    ($driver:ty) => {
+        $crate::export_driver!($driver);
+
+        const _: () = {
+            use $crate::bindings::provisioning::exports::flex::volume::provisioning::Guest;
+            use $crate::{ProvisionRequest, Provisioned, Provisioner, ProvisionerInfo, Result};
+
+            struct Exports;
+
+            impl Guest for Exports {
+                fn describe() -> ProvisionerInfo {
+                    <$driver as Provisioner>::describe()
+                }
+                fn provision(request: ProvisionRequest) -> Result<Provisioned> {
+                    <$driver as Provisioner>::provision(request)
+                }
+                fn delete(name: String, options: Vec<(String, String)>) -> Result<()> {
+                    <$driver as Provisioner>::delete(name, options)
+                }
+            }
+
+            $crate::bindings::provisioning::__export_flex_provisioning!(Exports);
         };
     };
 }

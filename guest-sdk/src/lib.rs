@@ -15,6 +15,11 @@
 //! [`pod`] for why a driver should bind into the pod itself). A driver never prints: kubelet
 //! reads stdout and stderr together as the reply, so diagnostics go through [`log`].
 //!
+//! A driver that also creates and deletes its volumes for `flex provisioner` (dynamic
+//! provisioning of PersistentVolumeClaims) implements [`Provisioner`] as well and is exported
+//! with [`export_provisioning_driver!`] instead; its options reach the node verbs through the
+//! PersistentVolume.
+//!
 //! ```
 //! use flex_sdk::{Capabilities, Driver, Options, Result, mounts};
 //!
@@ -129,6 +134,7 @@
 //! | `waitforattach`, `mountdevice`, `mount`, `unmount`, `unmountdevice`, `expandfs` | kubelet | the worker node running the pod |
 //! | `expandvolume` | nobody | - |
 //! | `provision`, `delete` | the external flex provisioner | its pod |
+//! | [`Provisioner::describe`], [`Provisioner::provision`], [`Provisioner::delete`] | `flex provisioner` | its pod |
 //!
 //! So [`Driver::init`], [`Driver::get_volume_name`], [`Driver::attach`],
 //! [`Driver::is_attached`] and [`Driver::detach`] must only talk to APIs (a cloud's, a storage
@@ -165,14 +171,42 @@ pub mod bindings {
         default_bindings_module: "::flex_sdk::bindings",
         additional_derives: [PartialEq, Eq],
     });
+
+    /// The `provisioning` export, generated apart from the `driver` world so that a component
+    /// built with [`export_driver!`](crate::export_driver) exports `verbs` alone (its world
+    /// is `driver`, exactly as before), and one built with
+    /// [`export_provisioning_driver!`](crate::export_provisioning_driver) exports both (the
+    /// world `provisioning-driver`). The shared `types` are the `driver` world's.
+    pub mod provisioning {
+        wit_bindgen::generate!({
+            inline: "
+                package flex:sdk-provisioning;
+                world provisioning-exports {
+                    export flex:volume/provisioning@0.1.0;
+                }
+            ",
+            path: "wit",
+            pub_export_macro: true,
+            export_macro_name: "__export_flex_provisioning",
+            default_bindings_module: "::flex_sdk::bindings::provisioning",
+            additional_derives: [PartialEq, Eq],
+            with: {
+                "flex:volume/types@0.1.0": crate::bindings::flex::volume::types,
+            },
+        });
+    }
 }
 
 pub use bindings::flex::volume::types::{Capabilities, Error, Options, Secret};
+pub use bindings::provisioning::exports::flex::volume::provisioning::{
+    AccessMode, ProvisionRequest, Provisioned, ProvisionerInfo,
+};
 
 mod driver;
 mod types;
 
-pub use driver::Driver;
+pub use driver::{Driver, Provisioner};
+pub use types::option;
 
 pub mod block;
 pub mod config;

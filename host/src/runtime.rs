@@ -17,7 +17,7 @@ use crate::policy::Policy;
 use crate::protocol::{Call, Reply};
 use crate::wasi_link;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Instance, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
@@ -72,6 +72,26 @@ pub fn engine() -> Result<Engine, String> {
     Engine::new(&config).map_err(|e| format!("cannot start the WebAssembly engine: {e:#}"))
 }
 
+/// One call into a driver: who, under which policy, and what kubelet handed it.
+pub struct CallSpec<'a> {
+    pub plugin: &'a Plugin,
+    pub policy: &'a Policy,
+    /// The verb's name in the log and audit (`mount`, `provision`...).
+    pub verb: &'a str,
+    pub dry_run: bool,
+    /// The directories the call may mount onto or unmount (call-scoped targets).
+    pub targets: Vec<String>,
+    /// Directories it may bind from without a grant.
+    pub bind_sources: Vec<String>,
+    /// The devices kubelet named in this call.
+    pub devices: Vec<String>,
+    /// A per-call `flex` replies and exits when a host call outlives the deadline (the epoch
+    /// stops only WebAssembly code); a long-running caller logs it and times the call out
+    /// itself.
+    pub exit_when_stuck: bool,
+}
+
+/// A FlexVolume verb, as kubelet or KCM called it: the reply to print.
 pub fn run(
     plugin: &Plugin,
     policy: &Policy,
@@ -80,10 +100,45 @@ pub fn run(
     logger: Logger,
     dry_run: bool,
 ) -> (Reply, Logger) {
+    let spec = CallSpec {
+        plugin,
+        policy,
+        verb,
+        dry_run,
+        targets: owned(call_targets(&call)),
+        bind_sources: call_bind_sources(&call),
+        devices: owned(call_devices(&call)),
+        exit_when_stuck: true,
+    };
+    let (outcome, logger) = run_call(spec, logger, |store, instance| {
+        let verbs = bindings::VerbsIndices::new(&instance.instance_pre(&*store))?
+            .load(&mut *store, instance)?;
+        call_verb(&verbs, store, call)
+    });
+    (outcome.unwrap_or_else(Reply::failure), logger)
+}
+
+/// Runs `invoke` on a fresh instance of the driver: the component loaded (its pin checked),
+/// the imports its policy grants linked, limits and deadline applied. An error is the failure
+/// message: the limit the call ran into, or what crashed.
+pub fn run_call<T>(
+    spec: CallSpec<'_>,
+    logger: Logger,
+    invoke: impl FnOnce(&mut Store<CallState>, &Instance) -> wasmtime::Result<T>,
+) -> (Result<T, String>, Logger) {
+    let CallSpec {
+        plugin,
+        policy,
+        verb,
+        dry_run,
+        ..
+    } = spec;
+    let targets: Vec<&str> = spec.targets.iter().map(String::as_str).collect();
+    let devices: Vec<&str> = spec.devices.iter().map(String::as_str).collect();
     let mut timings = Timings::start();
     let engine = match engine() {
         Ok(engine) => engine,
-        Err(e) => return (Reply::failure(e), logger),
+        Err(e) => return (Err(e), logger),
     };
     timings.mark("engine");
     let mut logger = logger;
@@ -105,7 +160,7 @@ pub fn run(
     }
     let component = match loaded {
         Ok(component) => component,
-        Err(e) => return (Reply::failure(e), logger),
+        Err(e) => return (Err(e), logger),
     };
     timings.mark("artifact_load");
 
@@ -146,7 +201,7 @@ pub fn run(
                     );
                     None
                 }
-                Err(e) => return (Reply::failure(e), logger),
+                Err(e) => return (Err(e), logger),
             }
         }
     };
@@ -165,21 +220,21 @@ pub fn run(
         logger,
         mounts: Mounts::new(
             &policy.mount,
-            CallDirs::new(&call_targets(&call), &call_bind_sources(&call)),
+            CallDirs::new(&targets, &spec.bind_sources),
             &policy.limits,
             audit.clone(),
         )
         .with_device_check(crate::caps::block::mount_device_check(
             &policy.block,
             &plugin.name,
-            &call_devices(&call),
+            &devices,
             dry_run,
         )),
         block: Block::new(
             &policy.block,
             &policy.limits,
             &plugin.name,
-            &call_devices(&call),
+            &devices,
             audit.clone(),
         ),
         exec: Exec::new(&policy.exec, &policy.limits, audit.clone()),
@@ -190,21 +245,13 @@ pub fn run(
     let mut store = Store::new(&engine, state);
     store.limiter(|state| &mut state.limits);
     store.set_epoch_deadline(1);
-    let timer_engine = engine.clone();
-    let (driver, verb_name) = (plugin.name.clone(), verb.to_string());
-    std::thread::spawn(move || {
-        std::thread::sleep(deadline);
-        timer_engine.increment_epoch();
-        // The epoch stops WebAssembly code, not a host call blocked on the outside world:
-        // if the call has not come back soon after, answer kubelet anyway.
-        std::thread::sleep(HOST_CALL_GRACE);
-        let message = format!(
-            "driver {driver} did not finish within {}s during {verb_name} (blocked in a host call)",
-            deadline.as_secs()
-        );
-        Logger::open(&driver, &verb_name).error(&message);
-        crate::reply_and_exit(&Reply::failure(message));
-    });
+    let watchdog = Watchdog::start(
+        engine.clone(),
+        &plugin.name,
+        verb,
+        deadline,
+        spec.exit_when_stuck,
+    );
 
     // A call that grows its state directory past the limits is stopped, like one past its
     // deadline, and fails naming the limit.
@@ -221,11 +268,11 @@ pub fn run(
         // Instantiated before its exports are looked up, so a component's start code runs
         // (and meets the store's limits) even if it exports no verbs.
         let instance = linker.instantiate(&mut store, &component)?;
-        let driver = bindings::Driver::new(&mut store, &instance)?;
         timings.mark("instantiate");
-        call_verb(driver.flex_volume_verbs(), &mut store, call)
+        invoke(&mut store, &instance)
     });
     timings.mark("call");
+    drop(watchdog);
     let data = store.into_data();
     let growth_limit = data.limits.hit;
     let mut logger = data.logger;
@@ -246,8 +293,8 @@ pub fn run(
         (_, Some(limit)) => Err(wasmtime::Error::msg(limit.clone()).context(StateLimit(limit))),
         (outcome, None) => outcome,
     };
-    let reply = match outcome {
-        Ok(reply) => reply,
+    let result = match outcome {
+        Ok(value) => Ok(value),
         Err(e) => {
             logger.error(&format!("{e:?}"));
             // A limit the call ran into explains the trap or error better than the trap does.
@@ -261,11 +308,11 @@ pub fn run(
                     })
                 });
             match limit {
-                Some(limit) => Reply::failure(format!(
+                Some(limit) => Err(format!(
                     "driver {} stopped during {verb}: {limit}",
                     plugin.name
                 )),
-                None => Reply::failure(crash_message(
+                None => Err(crash_message(
                     &plugin.name,
                     verb,
                     &e,
@@ -277,7 +324,54 @@ pub fn run(
     };
     drop(state_dir); // a dry run's scratch copy goes
     timings.write(&mut logger);
-    (reply, logger)
+    (result, logger)
+}
+
+/// Stops a call at its deadline: the epoch interrupts WebAssembly code; a host call still
+/// blocked on the outside world a grace period later is answered for (per-call `flex`) or
+/// logged (a long-running caller). Ends with the call.
+struct Watchdog {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+impl Watchdog {
+    fn start(
+        engine: Engine,
+        driver: &str,
+        verb: &str,
+        deadline: Duration,
+        exit_when_stuck: bool,
+    ) -> Watchdog {
+        use std::sync::mpsc::{RecvTimeoutError, channel};
+        let (done, finished) = channel::<()>();
+        let (driver, verb) = (driver.to_string(), verb.to_string());
+        std::thread::spawn(move || {
+            if finished.recv_timeout(deadline) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+            engine.increment_epoch();
+            if finished.recv_timeout(HOST_CALL_GRACE) != Err(RecvTimeoutError::Timeout) {
+                return;
+            }
+            let message = format!(
+                "driver {driver} did not finish within {}s during {verb} (blocked in a host call)",
+                deadline.as_secs()
+            );
+            Logger::open(&driver, &verb).error(&message);
+            if exit_when_stuck {
+                crate::reply_and_exit(&Reply::failure(message));
+            }
+        });
+        Watchdog { done: Some(done) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// The state directory's limit, carried through the call's error.
@@ -329,6 +423,10 @@ fn check_digest(
         "denied: refusing driver component {}: its digest is {actual}, the policy requires {expected}",
         component.display()
     ))
+}
+
+fn owned(strings: Vec<&str>) -> Vec<String> {
+    strings.into_iter().map(str::to_string).collect()
 }
 
 /// The directories kubelet handed to this call: the only ones a driver may mount onto.

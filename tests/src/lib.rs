@@ -77,6 +77,16 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Output {
+    fn from(output: std::process::Output) -> Output {
+        Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 impl Output {
     /// The reply as kubelet reads it: stdout and stderr together must be one JSON object.
     pub fn reply(&self) -> Value {
@@ -204,11 +214,7 @@ impl Node {
             .stdin(std::process::Stdio::null())
             .output()
             .expect("exec flex");
-        Output {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Output::from(output)
     }
 
     pub fn log(&self) -> String {
@@ -561,6 +567,16 @@ impl Moto {
     }
 
     /// Freezes the server (SIGSTOP): connections are accepted by the kernel, never answered.
+    /// The EBS volumes the driver tagged with a PV's name.
+    pub fn volumes_of(&self, region: &str, pv: &str) -> Vec<Value> {
+        let reply = self.ec2(
+            region,
+            "describe_volumes",
+            serde_json::json!({"Filters": [{"Name": "tag:flex.io/pv-name", "Values": [pv]}]}),
+        );
+        reply["Volumes"].as_array().unwrap().clone()
+    }
+
     pub fn pause(&self) {
         self.signal(nix::sys::signal::Signal::SIGSTOP);
     }

@@ -1052,3 +1052,44 @@ fn inspect_tells_an_import_that_would_not_link_from_one_not_granted() {
     );
     assert!(!out.stdout.contains("[mount]"), "{}", out.stdout);
 }
+
+/// `flex provisioner` is the controller beside `flex` (`make build` puts it there), exec'd with
+/// its own options: its help, and its errors on stderr with a non-zero exit.
+#[test]
+fn provisioner_runs_the_controller_beside_flex() {
+    let node = Node::new();
+    let help = flex(&node, &["provisioner", "--help"]);
+    assert_eq!(help.code, 0, "{}{}", help.stdout, help.stderr);
+    for option in [
+        "--driver",
+        "--plugin-dir",
+        "--kubeconfig",
+        "--lease-name",
+        "--node-name",
+        "--listen",
+    ] {
+        assert!(help.stdout.contains(option), "{option}: {}", help.stdout);
+    }
+    let bad = flex(
+        &node,
+        &[
+            "provisioner",
+            "--driver",
+            "no-tilde",
+            "--kubeconfig",
+            "/nonexistent",
+        ],
+    );
+    assert_eq!(bad.code, 1, "{}{}", bad.stdout, bad.stderr);
+    assert!(
+        bad.stderr.contains("expected vendor~name"),
+        "{}",
+        bad.stderr
+    );
+    let missing = flex(&node, &["provisioner"]);
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(missing.stderr.contains("--driver"), "{}", missing.stderr);
+    // Listed among the operator commands, so kubelet never runs it as a verb.
+    let top = flex(&node, &["--help"]);
+    assert!(top.stdout.contains("  provisioner "), "{}", top.stdout);
+}

@@ -109,11 +109,7 @@ impl EbsNode {
 
     /// Volumes tagged with the PV name, as EC2 (moto) has them.
     fn volumes(&self, pv: &str) -> Vec<Value> {
-        let reply = self.ec2(
-            "describe_volumes",
-            json!({"Filters": [{"Name": "tag:flex.io/pv-name", "Values": [pv]}]}),
-        );
-        reply["Volumes"].as_array().unwrap().clone()
+        self.moto.volumes_of(REGION, pv)
     }
 
     fn volume(&self, pv: &str) -> Value {

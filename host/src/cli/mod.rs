@@ -31,7 +31,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// `argv[1]` values that select the CLI; none is a FlexVolume verb, past or present.
-pub const OPERATOR_COMMANDS: [&str; 17] = [
+pub const OPERATOR_COMMANDS: [&str; 18] = [
     "install",
     "uninstall",
     "list",
@@ -43,6 +43,7 @@ pub const OPERATOR_COMMANDS: [&str; 17] = [
     "run",
     "new",
     "test",
+    "provisioner",
     "completions",
     "help",
     "--help",
@@ -159,6 +160,21 @@ enum Command {
         after_help = "Runs init, then the volume's life as kubelet and kube-controller-manager drive it (each verb\ntwice), on a root-only scratch node that is torn down afterwards. Exit 1 on any failure.\n\nExamples:\n  flex test --component target/wasm32-wasip2/release/flex_tmpfs.wasm --policy plugins/tmpfs/policy.toml -o size=8Mi\n  flex test --driver /usr/libexec/kubernetes/kubelet-plugins/volume/exec/flex~loop/loop -o size=64Mi\n  flex test --driver ./my-driver.sh --skip expandfs --junit results.xml"
     )]
     Test(conformance::TestArgs),
+    /// Run the dynamic provisioner: PersistentVolumeClaims of the drivers' StorageClasses
+    /// become flex volumes (a long-running controller; see deploy/provisioner.yaml)
+    #[command(
+        disable_help_flag = true,
+        after_help = "Runs flex-provisioner, installed beside flex; `flex provisioner --help` lists its options.\n\nExample:\n  flex provisioner --driver flex~loop --kubeconfig /etc/kubernetes/admin.conf"
+    )]
+    Provisioner {
+        /// Its options (--driver vendor~name ..., --kubeconfig, --listen, ...)
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "OPTIONS"
+        )]
+        args: Vec<String>,
+    },
     /// Print shell completions (bash, zsh, fish) or the man page (man)
     #[command(
         after_help = "Examples:\n  flex completions bash > /etc/bash_completion.d/flex\n  flex completions man > /usr/share/man/man1/flex.1"
@@ -334,6 +350,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::New(a) => new::command(&a),
         Command::Doctor(a) => doctor::command(&a),
         Command::Test(a) => conformance::command(&a),
+        Command::Provisioner { args } => Err(provisioner(&args)),
         Command::Completions { shell, dir } => completions(shell, dir).map(|()| 0),
     };
     match result {
@@ -343,6 +360,27 @@ pub fn main(args: Vec<String>) -> i32 {
             1
         }
     }
+}
+
+/// The controller is its own executable (kube-rs and an async runtime stay out of the
+/// per-call `flex`): found beside this one, else on `PATH`, and exec'd in place.
+fn provisioner(args: &[String]) -> String {
+    use std::os::unix::process::CommandExt;
+    const NAME: &str = "flex-provisioner";
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(NAME)))
+        .filter(|path| path.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(NAME));
+    let error = std::process::Command::new(&program)
+        .arg0("flex provisioner")
+        .args(args)
+        .exec();
+    format!(
+        "cannot run {}: {error} (it is built with `cargo build --release -p flex-provisioner` \
+         and installed beside flex)",
+        program.display()
+    )
 }
 
 fn print(text: String) -> i32 {

@@ -288,6 +288,27 @@ impl Ec2 {
         self.call_xml("CreateVolume", &params, |root| child_text(root, "volumeId"))
     }
 
+    /// The availability zone of an instance; `None` when EC2 does not know it.
+    pub fn instance_zone(&self, instance_id: &str) -> Result<Option<String>> {
+        let params = [("InstanceId.1".into(), instance_id.into())];
+        let found = self.call_xml("DescribeInstances", &params, |root| {
+            let reservations = child(root, "reservationSet")?;
+            Some(
+                children(reservations, "item")
+                    .filter_map(|r| child(r, "instancesSet"))
+                    .flat_map(|set| children(set, "item"))
+                    .find(|i| child_text(*i, "instanceId").as_deref() == Some(instance_id))
+                    .and_then(|i| child(i, "placement"))
+                    .and_then(|p| child_text(p, "availabilityZone"))
+                    .filter(|zone| !zone.is_empty()),
+            )
+        });
+        match found {
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
+            other => other,
+        }
+    }
+
     pub fn delete_volume(&self, id: &str) -> Result<()> {
         self.call("DeleteVolume", &[("VolumeId".into(), id.into())])
             .map(drop)

@@ -3,9 +3,11 @@
 //! checks it against the policy's `[http]` destinations and audits its method and URL path
 //! (never headers or query: credentials stay out of the audit log).
 //!
-//! A volume is found by its tag `flex.io/pv-name` = the PV name, never by a stored id: the
-//! FlexVolume provisioner cannot hand options back to the PV, and `detach` only receives the
-//! PV name. Settings come from the policy's `[config]` table:
+//! A volume is found by its tag `flex.io/pv-name` = the PV name: the protocol's external
+//! provisioner cannot hand options back to the PV, and `detach` only receives the PV name.
+//! A PV made by `flex provisioner` also records the volume's ID (option `volumeID`), which the
+//! verbs that receive options use, checking the volume carries the PV's tag (so no option can
+//! point a volume at another PV's disk). Settings come from the policy's `[config]` table:
 //!
 //! | key | meaning |
 //! |---|---|
@@ -13,7 +15,7 @@
 //! | `region` | the signing region |
 //! | `access_key_id`, `secret_access_key`, `session_token` | credentials (the session token is optional) |
 //! | `instance.<node name>` | the EC2 instance id of each node |
-//! | `availability_zone` | where volumes are created unless the StorageClass says |
+//! | `availability_zone` | where volumes are created unless the StorageClass or the scheduler's node says |
 //! | `device_path_prefix` | where an attached device shows up on the node, followed by the letter (default `/dev/xvd`) |
 //! | `request_timeout_seconds` | per EC2 request (default 20; the verb's deadline caps it) |
 //! | `attach_timeout_seconds` | how long attach, detach, provision wait for EC2 to settle (default 60) |
@@ -22,6 +24,21 @@
 //! Credentials may also come as the kubelet secrets `access_key_id`/`secret_access_key`, but
 //! kubelet passes secrets to `mount` only, which makes no EC2 call: in practice they are in
 //! the policy, which only the security team can read. Never from the environment.
+//!
+//! Dynamic provisioning (`flex provisioner`, the exported `flex:volume/provisioning`):
+//! - `describe`: access mode `ReadWriteOnce`; StorageClass parameters `type` (gp2, gp3 (the
+//!   default), io1, io2, st1, sc1, standard), `iops` (required for io1 and io2, allowed for gp3,
+//!   refused otherwise; within EC2's bounds for the type and size), `zone` (or
+//!   `availabilityZone`), `encrypted` (true or false), `fsType` (ext4 or xfs).
+//! - `provision`: checks every parameter, the access modes and the size (the claim's request
+//!   rounded up to whole GiB, never above its limit, within the type's size range) before any
+//!   EC2 call. An existing volume tagged with the PV name (a retry) is returned as it is;
+//!   otherwise CreateVolume in the StorageClass's zone, else the zone of the node the scheduler
+//!   chose (`WaitForFirstConsumer`: DescribeInstances of its `instance.<node>`), else the
+//!   config's `availability_zone`, then a bounded wait until it is available. The PV's capacity
+//!   is the volume's size in GiB; its options record `volumeID` and `fsType` (when set).
+//! - `delete`: DeleteVolume of the recorded `volumeID` (if it carries the PV's tag), else of the
+//!   volume tagged with the PV name; a missing volume is success, an attached one a failure.
 //!
 //! Verbs:
 //! - `provision`: CreateVolume of `requestGiB` (or `requestBytes` rounded up) with the
@@ -52,7 +69,10 @@ mod ec2;
 
 use aws_credential_types::Credentials;
 use ec2::{Ec2, Volume};
-use flex_sdk::{Capabilities, Driver, Options, Result, block, config, failure, log, mounts};
+use flex_sdk::{
+    AccessMode, Capabilities, Driver, Options, ProvisionRequest, Provisioned, Provisioner,
+    ProvisionerInfo, Result, block, config, failure, log, mounts,
+};
 use std::time::{Duration, Instant};
 
 /// The tag that names a volume's PV: how every verb finds it.
@@ -67,6 +87,20 @@ const DEVICE_LETTERS: std::ops::RangeInclusive<char> = 'f'..='p';
 const VOLUME_TYPES: [&str; 7] = ["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"];
 const PROVISIONER_KEYS: [&str; 3] = ["requestBytes", "requestMiB", "requestGiB"];
 const PARAMETERS: [&str; 4] = ["type", "iops", "availabilityZone", "encrypted"];
+/// The StorageClass parameters `flex provisioner` may pass.
+const CLASS_PARAMETERS: [&str; 6] = [
+    "type",
+    "iops",
+    "zone",
+    "availabilityZone",
+    "encrypted",
+    FS_OPTION,
+];
+/// The option `provision` records: the EC2 volume ID.
+const VOLUME_ID_OPTION: &str = "volumeID";
+/// The StorageClass parameter, and the option `provision` records, for the file system.
+const FS_OPTION: &str = "fsType";
+const GIB: u64 = 1 << 30;
 
 struct Ebs;
 
@@ -83,109 +117,28 @@ impl Driver for Ebs {
         let pv = volume_name(&options)?;
         let request = CreateRequest::from_options(&options)?;
         let ec2 = client(&options)?;
-        let volume = match find_volume(&ec2, pv)? {
-            Some(volume) => {
-                log::info(&format!(
-                    "{pv} is already provisioned as {} ({} GiB {} in {}, {})",
-                    volume.id, volume.size_gib, volume.volume_type, volume.zone, volume.state
-                ));
-                if volume.size_gib != request.size_gib {
-                    log::warn(&format!(
-                        "{}: {} GiB, the request asks {} GiB",
-                        volume.id, volume.size_gib, request.size_gib
-                    ));
-                }
-                volume
-            }
-            None => {
-                let zone = match &request.zone {
-                    Some(zone) => zone.clone(),
-                    None => config::get("availability_zone").ok_or_else(|| {
-                        failure(
-                            "no availability zone: set the StorageClass parameter availabilityZone or availability_zone in the policy's [config]",
-                        )
-                    })?,
-                };
-                let id = ec2
-                    .create_volume(request.params(&zone), &[(TAG_PV, pv), (TAG_OWNER, OWNER)])
-                    .map_err(ec2_failure)?;
-                log::info(&format!(
-                    "created {id} for {pv}: {} GiB {} in {zone}",
-                    request.size_gib, request.volume_type
-                ));
-                Volume {
-                    id,
-                    state: "creating".into(),
-                    size_gib: request.size_gib,
-                    zone,
-                    volume_type: request.volume_type.clone(),
-                    attachments: Vec::new(),
-                    tags: Vec::new(),
-                }
-            }
-        };
-        match volume.state.as_str() {
-            "available" | "in-use" => Ok(()),
-            "creating" => wait_until(&format!("{} to become available", volume.id), || match ec2
-                .volume(&volume.id)
-                .map_err(ec2_failure)?
-            {
-                Some(v) if v.state == "available" || v.state == "in-use" => Ok(Some(())),
-                Some(v) if v.state == "creating" => Ok(None),
-                Some(v) => Err(failure(format!(
-                    "volume {} for {pv} is {}: delete it and provision again",
-                    v.id, v.state
-                ))),
-                None => Err(failure(format!(
-                    "volume {} for {pv} disappeared while being created",
-                    volume.id
-                ))),
+        ensure_volume(&ec2, pv, &request, || match &request.zone {
+            Some(zone) => Ok(zone.clone()),
+            None => config::get("availability_zone").ok_or_else(|| {
+                failure(
+                    "no availability zone: set the StorageClass parameter availabilityZone or availability_zone in the policy's [config]",
+                )
             }),
-            state => Err(failure(format!(
-                "volume {} for {pv} is {state}: delete it and provision again",
-                volume.id
-            ))),
-        }
+        })
+        .map(drop)
     }
 
     fn delete(options: Options) -> Result<()> {
         let pv = volume_name(&options)?;
         let ec2 = client(&options)?;
-        let Some(volume) = find_volume(&ec2, pv)? else {
-            log::info(&format!("{pv} has no volume: nothing to delete"));
-            return Ok(());
-        };
-        if volume.tag(TAG_OWNER) != Some(OWNER) {
-            return Err(failure(format!(
-                "volume {} carries {TAG_PV}={pv} but not {TAG_OWNER}={OWNER}: not deleting a volume this driver did not create",
-                volume.id
-            )));
-        }
-        match volume.state.as_str() {
-            "deleting" | "deleted" => return Ok(()),
-            _ => {}
-        }
-        if let Some(a) = volume.attachments.first() {
-            return Err(failure(format!(
-                "volume {} ({pv}) is still {} to instance {} as {}: detach it first",
-                volume.id, a.state, a.instance_id, a.device
-            )));
-        }
-        match ec2.delete_volume(&volume.id) {
-            Ok(()) => {
-                log::info(&format!("deleted {} ({pv})", volume.id));
-                Ok(())
-            }
-            Err(e) if e.code() == Some("InvalidVolume.NotFound") => Ok(()),
-            Err(e) => Err(ec2_failure(e)),
-        }
+        delete_found(&ec2, pv, find_volume(&ec2, pv)?)
     }
 
     fn attach(options: Options, node: String) -> Result<String> {
         let pv = volume_name(&options)?;
         let instance = instance_of(&node)?;
         let ec2 = client(&options)?;
-        let volume = find_volume(&ec2, pv)?.ok_or_else(|| {
+        let volume = volume_of(&ec2, &options)?.ok_or_else(|| {
             failure(format!(
                 "{pv} has no EC2 volume (tag {TAG_PV}={pv}): provision it first"
             ))
@@ -249,10 +202,10 @@ impl Driver for Ebs {
     }
 
     fn is_attached(options: Options, node: String) -> Result<bool> {
-        let pv = volume_name(&options)?;
+        volume_name(&options)?;
         let instance = instance_of(&node)?;
         let ec2 = client(&options)?;
-        Ok(find_volume(&ec2, pv)?.is_some_and(|v| {
+        Ok(volume_of(&ec2, &options)?.is_some_and(|v| {
             v.attachments
                 .iter()
                 .any(|a| a.instance_id == instance && a.state == "attached")
@@ -345,16 +298,18 @@ impl Driver for Ebs {
 
     fn mount_device(device_mount_path: String, device: String, options: Options) -> Result<()> {
         let pv = volume_name(&options)?;
+        recorded_volume_id(&options)?;
         let device = if device.is_empty() {
             attached_device(&options)?
         } else {
             device
         };
+        let fs_type = wanted_fs(&options)?;
         flex_sdk::filesystem::mount_device(
             pv,
             &device,
             &device_mount_path,
-            options.fs_type.as_deref(),
+            fs_type,
             options.read_only,
             &FILE_SYSTEMS,
         )
@@ -376,7 +331,311 @@ impl Driver for Ebs {
     }
 }
 
-flex_sdk::export_driver!(Ebs);
+impl Provisioner for Ebs {
+    fn describe() -> ProvisionerInfo {
+        ProvisionerInfo::new([AccessMode::ReadWriteOnce], CLASS_PARAMETERS)
+    }
+
+    fn provision(request: ProvisionRequest) -> Result<Provisioned> {
+        // Everything is checked before the first EC2 call.
+        let pv = request.name.as_str();
+        if pv.is_empty() {
+            return Err(failure("the request names no volume"));
+        }
+        if let Some(key) = request.unknown_parameter(&CLASS_PARAMETERS) {
+            return Err(failure(format!(
+                "unknown StorageClass parameter {key:?} (known: {})",
+                CLASS_PARAMETERS.join(", ")
+            )));
+        }
+        if let Some(mode) = request
+            .access_modes
+            .iter()
+            .find(|m| **m != AccessMode::ReadWriteOnce)
+        {
+            return Err(failure(format!(
+                "access mode {} is not supported: an EBS volume attaches to one node (ReadWriteOnce)",
+                mode.kubernetes_name()
+            )));
+        }
+        let fs_type = request.file_system(&FILE_SYSTEMS)?;
+        let size_gib = request.rounded_size(GIB)? / GIB;
+        let mut create = CreateRequest::new(size_gib, |key| request.parameter(key))?;
+        create.zone = class_zone(&request)?;
+        let ec2 = client_with(None)?;
+        let volume = ensure_volume(&ec2, pv, &create, || {
+            choose_zone(
+                &ec2,
+                create.zone.as_deref(),
+                request.selected_node.as_deref(),
+            )
+        })?;
+        if volume.size_gib == 0 {
+            return Err(failure(format!(
+                "EC2 reports no size for volume {} ({pv})",
+                volume.id
+            )));
+        }
+        let mut provisioned =
+            Provisioned::new(volume.size_gib * GIB).with_option(VOLUME_ID_OPTION, &volume.id);
+        if let Some(fs) = fs_type {
+            provisioned = provisioned.with_option(FS_OPTION, fs);
+        }
+        Ok(provisioned)
+    }
+
+    fn delete(name: String, options: Vec<(String, String)>) -> Result<()> {
+        let pv = name.as_str();
+        if pv.is_empty() {
+            return Err(failure("the request names no volume"));
+        }
+        let recorded = flex_sdk::option(&options, VOLUME_ID_OPTION);
+        if let Some(id) = recorded {
+            check_volume_id(id)?;
+        }
+        let ec2 = client_with(None)?;
+        let volume = match recorded {
+            Some(id) => match ec2.volume(id).map_err(ec2_failure)? {
+                Some(volume) => Some(ours(pv, volume)?),
+                None => {
+                    log::info(&format!(
+                        "{id} ({pv}) no longer exists: looking for a volume tagged {TAG_PV}={pv}"
+                    ));
+                    find_volume(&ec2, pv)?
+                }
+            },
+            None => find_volume(&ec2, pv)?,
+        };
+        delete_found(&ec2, pv, volume)
+    }
+}
+
+flex_sdk::export_provisioning_driver!(Ebs);
+
+/// The volume for `pv`, created (in the zone `zone` gives) unless it exists, once it is
+/// available.
+fn ensure_volume(
+    ec2: &Ec2,
+    pv: &str,
+    request: &CreateRequest,
+    zone: impl FnOnce() -> Result<String>,
+) -> Result<Volume> {
+    let volume = match find_volume(ec2, pv)? {
+        Some(volume) => {
+            log::info(&format!(
+                "{pv} is already provisioned as {} ({} GiB {} in {}, {})",
+                volume.id, volume.size_gib, volume.volume_type, volume.zone, volume.state
+            ));
+            if volume.size_gib != request.size_gib {
+                log::warn(&format!(
+                    "{}: {} GiB, the request asks {} GiB",
+                    volume.id, volume.size_gib, request.size_gib
+                ));
+            }
+            if volume.volume_type != request.volume_type {
+                log::warn(&format!(
+                    "{}: type {}, the request asks {}",
+                    volume.id, volume.volume_type, request.volume_type
+                ));
+            }
+            volume
+        }
+        None => {
+            let zone = zone()?;
+            let id = ec2
+                .create_volume(request.params(&zone), &[(TAG_PV, pv), (TAG_OWNER, OWNER)])
+                .map_err(ec2_failure)?;
+            log::info(&format!(
+                "created {id} for {pv}: {} GiB {} in {zone}",
+                request.size_gib, request.volume_type
+            ));
+            Volume {
+                id,
+                state: "creating".into(),
+                size_gib: request.size_gib,
+                zone,
+                volume_type: request.volume_type.clone(),
+                attachments: Vec::new(),
+                tags: Vec::new(),
+            }
+        }
+    };
+    match volume.state.as_str() {
+        "available" | "in-use" => Ok(volume),
+        "creating" => wait_until(&format!("{} to become available", volume.id), || match ec2
+            .volume(&volume.id)
+            .map_err(ec2_failure)?
+        {
+            Some(v) if v.state == "available" || v.state == "in-use" => Ok(Some(v)),
+            Some(v) if v.state == "creating" => Ok(None),
+            Some(v) => Err(failure(format!(
+                "volume {} for {pv} is {}: delete it and provision again",
+                v.id, v.state
+            ))),
+            None => Err(failure(format!(
+                "volume {} for {pv} disappeared while being created",
+                volume.id
+            ))),
+        }),
+        state => Err(failure(format!(
+            "volume {} for {pv} is {state}: delete it and provision again",
+            volume.id
+        ))),
+    }
+}
+
+/// Deletes the volume found for `pv` (only one this driver created); none is success.
+fn delete_found(ec2: &Ec2, pv: &str, volume: Option<Volume>) -> Result<()> {
+    let Some(volume) = volume else {
+        log::info(&format!("{pv} has no volume: nothing to delete"));
+        return Ok(());
+    };
+    if volume.tag(TAG_OWNER) != Some(OWNER) {
+        return Err(failure(format!(
+            "volume {} carries {TAG_PV}={pv} but not {TAG_OWNER}={OWNER}: not deleting a volume this driver did not create",
+            volume.id
+        )));
+    }
+    match volume.state.as_str() {
+        "deleting" | "deleted" => return Ok(()),
+        _ => {}
+    }
+    if let Some(a) = volume.attachments.first() {
+        return Err(failure(format!(
+            "volume {} ({pv}) is still {} to instance {} as {}: detach it first",
+            volume.id, a.state, a.instance_id, a.device
+        )));
+    }
+    match ec2.delete_volume(&volume.id) {
+        Ok(()) => {
+            log::info(&format!("deleted {} ({pv})", volume.id));
+            Ok(())
+        }
+        Err(e) if e.code() == Some("InvalidVolume.NotFound") => Ok(()),
+        Err(e) => Err(ec2_failure(e)),
+    }
+}
+
+/// The StorageClass's zone: `zone` or `availabilityZone` (both set must agree).
+fn class_zone(request: &ProvisionRequest) -> Result<Option<String>> {
+    let mut zone: Option<&str> = None;
+    for key in ["zone", "availabilityZone"] {
+        match (request.parameter(key), zone) {
+            (None, _) => {}
+            (Some(""), _) => return Err(failure(format!("invalid parameter {key}: empty"))),
+            (Some(value), Some(other)) if value != other => {
+                return Err(failure(format!(
+                    "the parameters zone {other:?} and availabilityZone {value:?} differ"
+                )));
+            }
+            (Some(value), _) => zone = Some(value),
+        }
+    }
+    Ok(zone.map(String::from))
+}
+
+/// Where to create a volume: the StorageClass's zone, else the zone of the node the scheduler
+/// chose (when the config names its instance), else the config's `availability_zone`. A
+/// StorageClass zone the chosen node is not in fails: the volume could never attach there.
+fn choose_zone(ec2: &Ec2, class: Option<&str>, node: Option<&str>) -> Result<String> {
+    let node_zone = match node.filter(|n| !n.is_empty()) {
+        Some(node) => match config::get(&format!("instance.{node}")).filter(|i| !i.is_empty()) {
+            Some(instance) => Some((
+                node,
+                ec2.instance_zone(&instance)
+                    .map_err(ec2_failure)?
+                    .ok_or_else(|| {
+                        failure(format!(
+                            "node {node}'s instance {instance} is unknown to EC2 (instance.{node} in the policy's [config])"
+                        ))
+                    })?,
+            )),
+            None => {
+                log::info(&format!(
+                    "the selected node {node} has no instance.{node} in the config: its zone is unknown"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    match (class, node_zone) {
+        (Some(zone), Some((node, node_zone))) if zone != node_zone => Err(failure(format!(
+            "the StorageClass asks zone {zone}, but the scheduler chose node {node} in {node_zone}: the volume could not attach there"
+        ))),
+        (Some(zone), _) => Ok(zone.to_string()),
+        (None, Some((_, node_zone))) => Ok(node_zone),
+        (None, None) => config::get("availability_zone")
+            .filter(|z| !z.is_empty())
+            .ok_or_else(|| {
+                failure(
+                    "no availability zone: set the StorageClass parameter zone, availability_zone in the policy's [config], or use volumeBindingMode WaitForFirstConsumer with instance.<node> in the config",
+                )
+            }),
+    }
+}
+
+/// The file system `mountdevice` wants: kubelet's `kubernetes.io/fsType`, else the `fsType`
+/// option `provision` recorded; both set must agree.
+fn wanted_fs(options: &Options) -> Result<Option<&str>> {
+    let kubelet = options.fs_type.as_deref().filter(|fs| !fs.is_empty());
+    let recorded = options.get(FS_OPTION).filter(|fs| !fs.is_empty());
+    match (kubelet, recorded) {
+        (Some(a), Some(b)) if a != b => Err(failure(format!(
+            "fsType {a:?} differs from the volume's option fsType {b:?}"
+        ))),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// An EC2 volume ID: `vol-` and hex digits.
+fn check_volume_id(id: &str) -> Result<()> {
+    let valid = id.strip_prefix("vol-").is_some_and(|hex| {
+        !hex.is_empty() && hex.len() <= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(failure(format!(
+            "option {VOLUME_ID_OPTION}={id:?} is not an EC2 volume ID (vol-<hex>)"
+        )))
+    }
+}
+
+/// The `volumeID` option, if the PV records one (checked for shape).
+fn recorded_volume_id(options: &Options) -> Result<Option<&str>> {
+    let id = options.get(VOLUME_ID_OPTION).filter(|id| !id.is_empty());
+    if let Some(id) = id {
+        check_volume_id(id)?;
+    }
+    Ok(id)
+}
+
+/// A volume found by a recorded ID must be `pv`'s: tagged with its name.
+fn ours(pv: &str, volume: Volume) -> Result<Volume> {
+    if volume.tag(TAG_PV) == Some(pv) {
+        Ok(volume)
+    } else {
+        Err(failure(format!(
+            "volume {} is not {pv}'s (its tag {TAG_PV} is {:?}): refusing the option {VOLUME_ID_OPTION}",
+            volume.id,
+            volume.tag(TAG_PV).unwrap_or("absent")
+        )))
+    }
+}
+
+/// The volume of the PV the options name: by its recorded `volumeID` (which must carry the
+/// PV's tag) when there is one, else by the tag.
+fn volume_of(ec2: &Ec2, options: &Options) -> Result<Option<Volume>> {
+    let pv = volume_name(options)?;
+    match recorded_volume_id(options)? {
+        Some(id) => match ec2.volume(id).map_err(ec2_failure)? {
+            Some(volume) if volume.state != "deleted" => ours(pv, volume).map(Some),
+            _ => Ok(None),
+        },
+        None => find_volume(ec2, pv),
+    }
+}
 
 /// What `provision` asks EC2 for, from the provisioner's keys and the StorageClass parameters.
 struct CreateRequest {
@@ -410,19 +669,30 @@ impl CreateRequest {
                 .div_ceil(1 << 30),
             (None, None) => return Err(failure("provision needs requestGiB or requestBytes")),
         };
+        let mut request = CreateRequest::new(size_gib, |key| options.get(key))?;
+        request.zone = match options.get("availabilityZone") {
+            Some("") => return Err(failure("invalid parameter availabilityZone: empty")),
+            zone => zone.map(String::from),
+        };
+        Ok(request)
+    }
+
+    /// A request of `size_gib` with the parameters `type`, `iops` and `encrypted` (from
+    /// `parameter`), checked against EC2's rules for the volume type; no zone yet.
+    fn new<'a>(size_gib: u64, parameter: impl Fn(&str) -> Option<&'a str>) -> Result<Self> {
         if !(1..=65536).contains(&size_gib) {
             return Err(failure(format!(
                 "requested size {size_gib} GiB is out of range (1 to 65536 GiB)"
             )));
         }
-        let volume_type = options.get("type").unwrap_or("gp3").to_string();
-        if !VOLUME_TYPES.contains(&volume_type.as_str()) {
+        let volume_type = parameter("type").unwrap_or("gp3").to_string();
+        let Some(rules) = VolumeRules::of(&volume_type) else {
             return Err(failure(format!(
                 "invalid parameter type {volume_type:?} (one of {})",
                 VOLUME_TYPES.join(", ")
             )));
-        }
-        let iops = match options.get("iops") {
+        };
+        let iops = match parameter("iops") {
             None => None,
             Some(text) => Some(text.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
                 failure(format!(
@@ -430,24 +700,29 @@ impl CreateRequest {
                 ))
             })?),
         };
-        match (volume_type.as_str(), iops) {
-            ("io1" | "io2", None) => {
-                return Err(failure(format!(
-                    "type {volume_type} needs the iops parameter"
-                )));
-            }
-            ("io1" | "io2" | "gp3", _) | (_, None) => {}
-            (_, Some(_)) => {
+        match (&rules.iops, iops) {
+            (None, Some(_)) => {
                 return Err(failure(format!(
                     "invalid parameter iops: type {volume_type} has no provisioned IOPS (io1, io2 or gp3 only)"
                 )));
             }
+            (Some(iops_rules), None) if iops_rules.required => {
+                return Err(failure(format!(
+                    "type {volume_type} needs the iops parameter"
+                )));
+            }
+            _ => {}
         }
-        let zone = match options.get("availabilityZone") {
-            Some("") => return Err(failure("invalid parameter availabilityZone: empty")),
-            zone => zone.map(String::from),
-        };
-        let encrypted = match options.get("encrypted") {
+        let (min_gib, max_gib) = rules.size_gib;
+        if !(min_gib..=max_gib).contains(&size_gib) {
+            return Err(failure(format!(
+                "requested size {size_gib} GiB is out of range for type {volume_type} ({min_gib} to {max_gib} GiB)"
+            )));
+        }
+        if let (Some(iops_rules), Some(iops)) = (&rules.iops, iops) {
+            iops_rules.check(&volume_type, iops, size_gib)?;
+        }
+        let encrypted = match parameter("encrypted") {
             None => None,
             Some("true") => Some(true),
             Some("false") => Some(false),
@@ -461,7 +736,7 @@ impl CreateRequest {
             size_gib,
             volume_type,
             iops,
-            zone,
+            zone: None,
             encrypted,
         })
     }
@@ -479,6 +754,71 @@ impl CreateRequest {
             params.push(("Encrypted".into(), encrypted.to_string()));
         }
         params
+    }
+}
+
+/// EC2's limits for one volume type.
+struct VolumeRules {
+    /// Smallest and largest size, in GiB.
+    size_gib: (u64, u64),
+    /// Provisioned IOPS, for the types that have them.
+    iops: Option<IopsRules>,
+}
+
+struct IopsRules {
+    required: bool,
+    min: u32,
+    max: u32,
+    /// At most this many IOPS per GiB of size...
+    per_gib: u64,
+    /// ...except that up to this many are allowed at any size (gp3's baseline).
+    baseline: u32,
+}
+
+impl VolumeRules {
+    /// EC2's documented limits (EBS volume types, 2025): gp3 1 GiB-64 TiB, 3,000-80,000
+    /// IOPS at 500 per GiB above the 3,000 baseline; io1 4 GiB-16 TiB, 100-64,000 IOPS at 50
+    /// per GiB; io2 (Block Express) 4 GiB-64 TiB, 100-256,000 IOPS at 1,000 per GiB; gp2
+    /// 1 GiB-16 TiB; st1 and sc1 125 GiB-16 TiB; standard (magnetic) 1 GiB-1 TiB.
+    fn of(volume_type: &str) -> Option<VolumeRules> {
+        let iops = |required, min, max, per_gib, baseline| {
+            Some(IopsRules {
+                required,
+                min,
+                max,
+                per_gib,
+                baseline,
+            })
+        };
+        let (size_gib, iops) = match volume_type {
+            "gp3" => ((1, 65536), iops(false, 3000, 80_000, 500, 3000)),
+            "io1" => ((4, 16384), iops(true, 100, 64_000, 50, 0)),
+            "io2" => ((4, 65536), iops(true, 100, 256_000, 1000, 0)),
+            "gp2" => ((1, 16384), None),
+            "st1" | "sc1" => ((125, 16384), None),
+            "standard" => ((1, 1024), None),
+            _ => return None,
+        };
+        Some(VolumeRules { size_gib, iops })
+    }
+}
+
+impl IopsRules {
+    fn check(&self, volume_type: &str, iops: u32, size_gib: u64) -> Result<()> {
+        if !(self.min..=self.max).contains(&iops) {
+            return Err(failure(format!(
+                "invalid parameter iops {iops}: type {volume_type} takes {} to {}",
+                self.min, self.max
+            )));
+        }
+        let most = (self.per_gib * size_gib).max(u64::from(self.baseline));
+        if u64::from(iops) > most {
+            return Err(failure(format!(
+                "invalid parameter iops {iops}: a {size_gib} GiB {volume_type} volume takes at most {most} ({} per GiB)",
+                self.per_gib
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -652,7 +992,7 @@ fn node_device_path(ec2_device: &str) -> Result<String> {
 /// its dash, e.g. `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0`.
 fn stable_device_path(options: &Options) -> Result<String> {
     let pv = volume_name(options)?;
-    let volume = find_volume(&client(options)?, pv)?
+    let volume = volume_of(&client(options)?, options)?
         .ok_or_else(|| failure(format!("{pv} has no EC2 volume (tag {TAG_PV}={pv})")))?;
     Ok(format!(
         "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{}",
@@ -664,7 +1004,7 @@ fn stable_device_path(options: &Options) -> Result<String> {
 fn attached_device(options: &Options) -> Result<String> {
     let pv = volume_name(options)?;
     let ec2 = client(options)?;
-    let volume = find_volume(&ec2, pv)?
+    let volume = volume_of(&ec2, options)?
         .ok_or_else(|| failure(format!("{pv} has no EC2 volume (tag {TAG_PV}={pv})")))?;
     match volume.attachments.iter().find(|a| a.state == "attached") {
         Some(a) => node_device_path(&a.device),
@@ -691,5 +1031,231 @@ fn wait_until<T>(what: &str, mut check: impl FnMut() -> Result<Option<T>>) -> Re
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the driver decides before any EC2 call, against the SDK's fake host (`cargo test
+    //! -p flex-ebs`): the fake has no HTTP, so every case here must fail (or answer) without
+    //! one. The EC2 side runs against moto in `tests/tests/ebs.rs` and
+    //! `tests/tests/provisioning.rs`.
+
+    use super::*;
+    use flex_sdk::testing::Host;
+
+    fn provision(request: ProvisionRequest) -> Result<Provisioned> {
+        <Ebs as Provisioner>::provision(request)
+    }
+
+    fn failure_of<T: std::fmt::Debug>(result: Result<T>) -> String {
+        match result {
+            Err(flex_sdk::Error::Failure(message)) => message,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn describe_lists_read_write_once_and_the_parameters() {
+        let host = Host::new();
+        let info = Ebs::describe();
+        assert_eq!(info.access_modes, [AccessMode::ReadWriteOnce]);
+        assert_eq!(
+            info.parameters,
+            [
+                "type",
+                "iops",
+                "zone",
+                "availabilityZone",
+                "encrypted",
+                "fsType"
+            ]
+        );
+        assert_eq!(host.calls(), []);
+    }
+
+    #[test]
+    fn a_bad_request_fails_before_any_host_call() {
+        let host = Host::new();
+        let pv = "pvc-1";
+        let gib = |n: u64| ProvisionRequest::new(pv, n * GIB);
+        for (request, why) in [
+            (
+                gib(1).with_parameter("type", "fast"),
+                "invalid parameter type",
+            ),
+            (
+                gib(1)
+                    .with_parameter("type", "gp2")
+                    .with_parameter("iops", "3000"),
+                "no provisioned IOPS",
+            ),
+            (
+                gib(4).with_parameter("type", "io2"),
+                "needs the iops parameter",
+            ),
+            (
+                gib(4)
+                    .with_parameter("type", "io1")
+                    .with_parameter("iops", "-1"),
+                "a positive number",
+            ),
+            (
+                gib(4)
+                    .with_parameter("type", "io1")
+                    .with_parameter("iops", "201"),
+                "at most 200",
+            ),
+            (
+                gib(1)
+                    .with_parameter("type", "io1")
+                    .with_parameter("iops", "100"),
+                "out of range for type io1",
+            ),
+            (
+                gib(4)
+                    .with_parameter("type", "io1")
+                    .with_parameter("iops", "99"),
+                "takes 100 to 64000",
+            ),
+            (
+                gib(1)
+                    .with_parameter("type", "gp3")
+                    .with_parameter("iops", "80001"),
+                "takes 3000 to 80000",
+            ),
+            (
+                gib(10)
+                    .with_parameter("type", "gp3")
+                    .with_parameter("iops", "6000"),
+                "at most 5000",
+            ),
+            (
+                gib(100).with_parameter("type", "sc1"),
+                "out of range for type sc1",
+            ),
+            (
+                gib(2000).with_parameter("type", "standard"),
+                "out of range for type standard",
+            ),
+            (
+                gib(1).with_parameter("encrypted", "1"),
+                "invalid parameter encrypted",
+            ),
+            (gib(1).with_fs_type("ntfs"), "invalid parameter fsType"),
+            (
+                gib(1).with_parameter("zone", ""),
+                "invalid parameter zone: empty",
+            ),
+            (
+                gib(1)
+                    .with_parameter("zone", "eu-west-1a")
+                    .with_parameter("availabilityZone", "eu-west-1b"),
+                "differ",
+            ),
+            (
+                gib(1).with_parameter("size", "1Gi"),
+                "unknown StorageClass parameter",
+            ),
+            (
+                gib(1).with_access_modes([AccessMode::ReadWriteMany]),
+                "access mode ReadWriteMany",
+            ),
+            (
+                ProvisionRequest::new(pv, GIB + 1).with_limit_bytes(GIB + GIB / 2),
+                "above its limit",
+            ),
+            (gib(65537), "out of range"),
+            (ProvisionRequest::new("", GIB), "names no volume"),
+        ] {
+            let message = failure_of(provision(request));
+            assert!(message.contains(why), "{why}: {message}");
+        }
+        assert_eq!(host.calls(), []);
+    }
+
+    #[test]
+    fn sizes_round_up_to_whole_gib() {
+        let _host = Host::new();
+        let request = ProvisionRequest::new("pvc-1", GIB + 1);
+        let size = request.rounded_size(GIB).unwrap() / GIB;
+        assert_eq!(size, 2);
+        let create = CreateRequest::new(size, |key| request.parameter(key)).unwrap();
+        assert_eq!(create.volume_type, "gp3");
+        assert_eq!(
+            create.params("eu-west-1a"),
+            [
+                ("Size".to_string(), "2".to_string()),
+                ("AvailabilityZone".into(), "eu-west-1a".into()),
+                ("VolumeType".into(), "gp3".into()),
+            ]
+        );
+        // gp3's 3,000 IOPS baseline holds at any size; io2 allows 1,000 per GiB.
+        let gp3 = |iops: &'static str| {
+            move |key: &str| match key {
+                "type" => Some("gp3"),
+                "iops" => Some(iops),
+                _ => None,
+            }
+        };
+        assert!(CreateRequest::new(1, gp3("3000")).is_ok());
+        let io2 = |key: &str| match key {
+            "type" => Some("io2"),
+            "iops" => Some("4000"),
+            _ => None,
+        };
+        assert_eq!(CreateRequest::new(4, io2).unwrap().iops, Some(4000));
+    }
+
+    #[test]
+    fn the_recorded_options_are_checked() {
+        let _host = Host::new();
+        let options = Options::default()
+            .with_pv_or_volume_name("pvc-1")
+            .with_extra(VOLUME_ID_OPTION, "vol-0123abcd")
+            .with_extra(FS_OPTION, "xfs");
+        assert_eq!(recorded_volume_id(&options).unwrap(), Some("vol-0123abcd"));
+        assert_eq!(wanted_fs(&options).unwrap(), Some("xfs"));
+        assert_eq!(
+            wanted_fs(&options.clone().with_fs_type("xfs")).unwrap(),
+            Some("xfs")
+        );
+        assert!(failure_of(wanted_fs(&options.clone().with_fs_type("ext4"))).contains("differs"));
+        for bad in ["vol-", "vol-xyz", "../vol-1", "i-0123", "vol-1/../2"] {
+            let options = Options::default().with_extra(VOLUME_ID_OPTION, bad);
+            assert!(
+                failure_of(recorded_volume_id(&options)).contains("not an EC2 volume ID"),
+                "{bad}"
+            );
+        }
+        let mut volume = Volume {
+            id: "vol-1".into(),
+            state: "available".into(),
+            size_gib: 1,
+            zone: "eu-west-1a".into(),
+            volume_type: "gp3".into(),
+            attachments: Vec::new(),
+            tags: vec![(TAG_PV.into(), "pvc-other".into())],
+        };
+        assert!(failure_of(ours("pvc-1", volume.clone())).contains("is not pvc-1's"));
+        volume.tags.clear();
+        assert!(failure_of(ours("pvc-1", volume.clone())).contains("absent"));
+        volume.tags.push((TAG_PV.into(), "pvc-1".into()));
+        assert_eq!(ours("pvc-1", volume).unwrap().id, "vol-1");
+    }
+
+    #[test]
+    fn a_mountdevice_with_a_malformed_volume_id_fails_before_ec2() {
+        let host = Host::new();
+        let options = Options::default()
+            .with_pv_or_volume_name("pvc-1")
+            .with_extra(VOLUME_ID_OPTION, "vol-../x");
+        let message = failure_of(Ebs::mount_device(
+            "/var/lib/kubelet/plugins/kubernetes.io/flexvolume/flex/ebs/mounts/pvc-1".into(),
+            "/dev/xvdf".into(),
+            options,
+        ));
+        assert!(message.contains("not an EC2 volume ID"), "{message}");
+        assert_eq!(host.calls(), []);
     }
 }

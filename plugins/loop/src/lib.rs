@@ -47,6 +47,25 @@
 //! `Not supported`: kubelet ignores its answer and uses the PV name, which is what `detach`
 //! receives.
 //!
+//! # Dynamic provisioning (`flex provisioner`)
+//!
+//! The driver also exports `flex:volume/provisioning`:
+//! - `describe`: access mode `ReadWriteOnce` only (a loop device is one node's), StorageClass
+//!   parameter `fsType` (`ext4` or `xfs`; without it `mountdevice` formats ext4).
+//! - `provision`: checks the name, the access modes and the parameters before anything else,
+//!   then creates the image `pvc-<claim uid>` (the PV's name) of the claim's request rounded
+//!   up to whole MiB, refused when that exceeds the claim's limit. An image that already exists
+//!   (a retry) is kept as it is. The PV's capacity is the image's actual size; its options
+//!   record `image=<name>` and `fsType` when the StorageClass set one.
+//! - `delete`: the same as the verb `delete` (finishes an unfinished teardown, deletes the
+//!   image, refused by the host while it is attached; a missing image is success).
+//!
+//! The node verbs receive those options with `kubernetes.io/pvOrVolumeName` = the PV name. The
+//! image is always named by the volume name: an `image` option must equal it (anything else
+//! fails, so no option can point a volume at another volume's image), and an `fsType` option
+//! is the file system to format when kubelet's `kubernetes.io/fsType` is empty (both set and
+//! different fails).
+//!
 //! # Lifetimes
 //!
 //! A provisioned PV's image lives from `provision` to `delete`; nothing else deletes it.
@@ -71,7 +90,10 @@
 //!
 //! Without a `[state]` grant provisioned PVs work and inline volumes are refused.
 
-use flex_sdk::{Capabilities, Driver, Options, Result, block, failure, log, mounts};
+use flex_sdk::{
+    AccessMode, Capabilities, Driver, Options, ProvisionRequest, Provisioned, Provisioner,
+    ProvisionerInfo, Result, block, failure, log, mounts,
+};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -81,6 +103,12 @@ const FILE_SYSTEMS: [&str; 2] = ["ext4", "xfs"];
 const MAX_NAME: usize = 128;
 /// Unfinished teardowns of other volumes finished per call, at most.
 const SWEEP_PER_CALL: usize = 8;
+/// Images are allocated in whole MiB.
+const MIB: u64 = 1 << 20;
+/// The option `provision` records: the image's name (always the volume name).
+const IMAGE_OPTION: &str = "image";
+/// The StorageClass parameter, and the option `provision` records, for the file system.
+const FS_OPTION: &str = "fsType";
 
 struct Loop;
 
@@ -107,12 +135,7 @@ impl Driver for Loop {
     }
 
     fn delete(options: Options) -> Result<()> {
-        let name = volume_name(&options)?;
-        if State::Teardown.exists(name)? {
-            finish_teardown(name)?;
-        }
-        block::delete_image(name)?;
-        State::Inline.remove(name)
+        delete_volume(volume_name(&options)?)
     }
 
     /// kube-controller-manager: no host call (see the module docs).
@@ -288,7 +311,87 @@ impl Driver for Loop {
     }
 }
 
-flex_sdk::export_driver!(Loop);
+impl Provisioner for Loop {
+    fn describe() -> ProvisionerInfo {
+        // The image is a file on the provisioner's node: only pods there can use it.
+        ProvisionerInfo::new([AccessMode::ReadWriteOnce], [FS_OPTION]).node_local()
+    }
+
+    fn provision(request: ProvisionRequest) -> Result<Provisioned> {
+        // Everything is checked before the image is created.
+        let name = request.name.as_str();
+        check_name(name)?;
+        if let Some(key) = request.unknown_parameter(&[FS_OPTION]) {
+            return Err(failure(format!(
+                "unknown StorageClass parameter {key:?} (known: {FS_OPTION})"
+            )));
+        }
+        if let Some(mode) = request
+            .access_modes
+            .iter()
+            .find(|m| **m != AccessMode::ReadWriteOnce)
+        {
+            return Err(failure(format!(
+                "access mode {} is not supported: a loop volume is attached to one node (ReadWriteOnce)",
+                mode.kubernetes_name()
+            )));
+        }
+        let fs_type = request.file_system(&FILE_SYSTEMS)?;
+        let size = request.rounded_size(MIB)?;
+        let actual = match block::image_size(name)? {
+            Some(actual) => {
+                log::info(&format!("{name} is already provisioned: {actual} bytes"));
+                if actual < request.requested_bytes {
+                    log::warn(&format!(
+                        "{name}: {actual} bytes, the claim asks {} bytes",
+                        request.requested_bytes
+                    ));
+                }
+                actual
+            }
+            None => {
+                let actual = block::create_image(name, size)?;
+                log::info(&format!("provisioned {name}: {actual} bytes"));
+                actual
+            }
+        };
+        // Persistent from now on, whatever a stale marker says.
+        State::Inline.remove(name)?;
+        let mut provisioned = Provisioned::new(actual).with_option(IMAGE_OPTION, name);
+        if let Some(fs) = fs_type {
+            provisioned = provisioned.with_option(FS_OPTION, fs);
+        }
+        Ok(provisioned)
+    }
+
+    fn delete(name: String, options: Vec<(String, String)>) -> Result<()> {
+        check_name(&name)?;
+        check_image_option(&name, flex_sdk::option(&options, IMAGE_OPTION))?;
+        delete_volume(&name)
+    }
+}
+
+flex_sdk::export_provisioning_driver!(Loop);
+
+/// Deletes a volume's image (finishing an unfinished teardown first); a missing image is
+/// success, an attached one is refused by the host.
+fn delete_volume(name: &str) -> Result<()> {
+    if State::Teardown.exists(name)? {
+        finish_teardown(name)?;
+    }
+    block::delete_image(name)?;
+    State::Inline.remove(name)
+}
+
+/// An `image` option (recorded by `provision`) must name the volume's own image.
+fn check_image_option(name: &str, image: Option<&str>) -> Result<()> {
+    match image {
+        Some(image) if image != name => Err(failure(format!(
+            "option image={image:?} does not name volume {name}'s image: refusing it"
+        ))),
+        _ => Ok(()),
+    }
+}
 
 /// What `attach` returns: stable, and says which volume it stands for.
 fn placeholder(name: &str) -> String {
@@ -416,6 +519,7 @@ fn volume_name(options: &Options) -> Result<&str> {
         .filter(|n| !n.is_empty())
         .ok_or_else(|| failure("kubernetes.io/pvOrVolumeName is missing"))?;
     check_name(name)?;
+    check_image_option(name, options.get(IMAGE_OPTION))?;
     Ok(name)
 }
 
@@ -436,10 +540,21 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-/// The `fsType` asked for: ext4, xfs, or none.
+/// The `fsType` asked for: ext4, xfs, or none. kubelet's `kubernetes.io/fsType` (the PV's
+/// `flexVolume.fsType`), else the `fsType` option `provision` recorded; both set must agree.
 fn wanted_fs(options: &Options) -> Result<Option<&str>> {
-    match options.fs_type.as_deref() {
-        None | Some("") => Ok(None),
+    let kubelet = options.fs_type.as_deref().filter(|fs| !fs.is_empty());
+    let recorded = options.get(FS_OPTION).filter(|fs| !fs.is_empty());
+    let fs = match (kubelet, recorded) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(failure(format!(
+                "fsType {a:?} differs from the volume's option fsType {b:?}"
+            )));
+        }
+        (a, b) => a.or(b),
+    };
+    match fs {
+        None => Ok(None),
         Some(fs) if FILE_SYSTEMS.contains(&fs) => Ok(Some(fs)),
         Some(fs) => Err(failure(format!(
             "fsType {fs:?} is not supported (ext4 or xfs)"
@@ -505,6 +620,7 @@ mod tests {
     }
 
     const DMP: &str = "/var/lib/kubelet/plugins/kubernetes.io/flexvolume/flex/loop/mounts/";
+    const NODE: &str = "node-1";
 
     fn options(name: &str) -> Options {
         Options::default()
@@ -588,7 +704,7 @@ mod tests {
         let provision = Options::default()
             .with_pv_or_volume_name("pv-keep")
             .with_extra("requestBytes", "33554432");
-        Loop::provision(provision).unwrap();
+        <Loop as Driver>::provision(provision).unwrap();
         Loop::wait_for_attach("".into(), options("pv-keep")).unwrap();
         Loop::unmount_device(format!("{DMP}pv-keep")).unwrap();
         assert!(host.block.image("pv-keep").is_some());
@@ -602,7 +718,7 @@ mod tests {
         let provision = Options::default()
             .with_pv_or_volume_name("pv-2")
             .with_extra("requestGiB", "1");
-        Loop::provision(provision).unwrap();
+        <Loop as Driver>::provision(provision).unwrap();
         Loop::wait_for_attach("".into(), options("pv-2")).unwrap();
         Loop::unmount_device(format!("{DMP}pv-2")).unwrap();
         assert!(host.block.image("pv-2").is_some());
@@ -661,5 +777,215 @@ mod tests {
         let device = Loop::wait_for_attach("".into(), options("pv-3")).unwrap();
         Loop::mount_device(format!("{DMP}pv-3"), device, options("pv-3")).unwrap();
         assert!(host.mounts.is_mounted(&format!("{DMP}pv-3")));
+    }
+
+    /// The options the PV gets from `provision`, as kubelet passes them to the node verbs.
+    fn pv_options(name: &str, provisioned: &Provisioned) -> Options {
+        provisioned.options.iter().fold(
+            Options::default().with_pv_or_volume_name(name),
+            |o, (k, v)| o.with_extra(k, v),
+        )
+    }
+
+    fn provision(request: ProvisionRequest) -> Result<Provisioned> {
+        <Loop as Provisioner>::provision(request)
+    }
+
+    fn delete(name: &str, options: &[(String, String)]) -> Result<()> {
+        <Loop as Provisioner>::delete(name.into(), options.to_vec())
+    }
+
+    fn failure_of<T: std::fmt::Debug>(result: Result<T>) -> String {
+        match result {
+            Err(flex_sdk::Error::Failure(message)) => message,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn describe_lists_read_write_once_and_fs_type() {
+        let host = Host::new();
+        let info = Loop::describe();
+        assert_eq!(info.access_modes, [AccessMode::ReadWriteOnce]);
+        assert_eq!(info.parameters, ["fsType"]);
+        assert_eq!(host.calls(), []);
+    }
+
+    #[test]
+    fn provision_rounds_up_to_whole_mib_and_records_the_image() {
+        let host = Host::new();
+        let request = ProvisionRequest::new("pvc-a", 10 * MIB + 1).with_fs_type("xfs");
+        let provisioned = provision(request.clone()).unwrap();
+        assert_eq!(provisioned.capacity_bytes, 11 * MIB);
+        assert_eq!(
+            provisioned.options,
+            [
+                ("image".to_string(), "pvc-a".to_string()),
+                ("fsType".to_string(), "xfs".to_string())
+            ]
+        );
+        assert_eq!(host.block.image("pvc-a").unwrap().size, 11 * MIB);
+        assert!(
+            host.calls().contains(&Call::CreateImage {
+                name: "pvc-a".into(),
+                size: 11 * MIB
+            }),
+            "{:?}",
+            host.calls()
+        );
+
+        // A retry: the same answer, and no second create.
+        host.take_calls();
+        assert_eq!(provision(request).unwrap(), provisioned);
+        assert!(
+            !host
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::CreateImage { .. })),
+            "{:?}",
+            host.calls()
+        );
+
+        // Without fsType only the image is recorded; one byte is one MiB.
+        let small = provision(ProvisionRequest::new("pvc-b", 1)).unwrap();
+        assert_eq!(small.capacity_bytes, MIB);
+        assert_eq!(small.options, [("image".to_string(), "pvc-b".to_string())]);
+    }
+
+    #[test]
+    fn an_existing_image_is_returned_with_its_actual_size() {
+        let host = Host::new();
+        host.block.add_image("pvc-old", 64 * MIB);
+        let provisioned = provision(ProvisionRequest::new("pvc-old", 8 * MIB)).unwrap();
+        assert_eq!(provisioned.capacity_bytes, 64 * MIB);
+        assert_eq!(host.block.image("pvc-old").unwrap().size, 64 * MIB);
+    }
+
+    #[test]
+    fn a_bad_request_creates_nothing() {
+        let host = Host::new();
+        for (request, why) in [
+            (
+                ProvisionRequest::new("pvc-c", MIB).with_fs_type("btrfs"),
+                "invalid parameter fsType",
+            ),
+            (
+                ProvisionRequest::new("pvc-c", MIB).with_parameter("colour", "red"),
+                "unknown StorageClass parameter \"colour\"",
+            ),
+            (
+                ProvisionRequest::new("pvc-c", MIB)
+                    .with_access_modes([AccessMode::ReadWriteOnce, AccessMode::ReadWriteMany]),
+                "access mode ReadWriteMany",
+            ),
+            (
+                ProvisionRequest::new("pvc-c", 10 * MIB + 1).with_limit_bytes(10 * MIB + 512),
+                "above its limit",
+            ),
+            (ProvisionRequest::new("../pvc-c", MIB), "cannot name"),
+            (ProvisionRequest::new("", MIB), "cannot name"),
+            (ProvisionRequest::new("pvc-c", u64::MAX), "out of range"),
+        ] {
+            let message = failure_of(provision(request));
+            assert!(message.contains(why), "{message}");
+        }
+        assert_eq!(host.calls(), []);
+        assert!(host.block.image("pvc-c").is_none());
+
+        // A limit the rounded size reaches exactly is fine.
+        let exact = ProvisionRequest::new("pvc-c", 10 * MIB + 1).with_limit_bytes(11 * MIB);
+        assert_eq!(provision(exact).unwrap().capacity_bytes, 11 * MIB);
+    }
+
+    #[test]
+    fn a_host_refusal_reaches_the_controller() {
+        let host = Host::new();
+        host.fail_when(
+            |c| matches!(c, Call::CreateImage { .. }),
+            "denied: image larger than block.max_image_bytes",
+        );
+        let message = failure_of(provision(ProvisionRequest::new("pvc-big", MIB)));
+        assert!(message.contains("max_image_bytes"), "{message}");
+        assert!(host.block.image("pvc-big").is_none());
+    }
+
+    #[test]
+    fn delete_removes_the_image_and_a_missing_one_is_success() {
+        let host = Host::new();
+        let provisioned = provision(ProvisionRequest::new("pvc-d", 4 * MIB)).unwrap();
+        State::Inline.write("pvc-d", "stale").unwrap();
+        delete("pvc-d", &provisioned.options).unwrap();
+        assert!(host.block.image("pvc-d").is_none());
+        assert!(!State::Inline.exists("pvc-d").unwrap());
+        delete("pvc-d", &provisioned.options).unwrap();
+        delete("pvc-d", &[]).unwrap();
+    }
+
+    #[test]
+    fn delete_is_refused_while_attached_and_for_another_image() {
+        let host = Host::new();
+        let provisioned = provision(ProvisionRequest::new("pvc-e", 4 * MIB)).unwrap();
+        Loop::wait_for_attach("".into(), pv_options("pvc-e", &provisioned)).unwrap();
+        let message = failure_of(delete("pvc-e", &provisioned.options));
+        assert!(message.contains("attached"), "{message}");
+        assert!(host.block.image("pvc-e").is_some());
+
+        host.block.add_image("pvc-other", MIB);
+        let other = [("image".to_string(), "pvc-other".to_string())];
+        let message = failure_of(delete("pvc-f", &other));
+        assert!(message.contains("does not name"), "{message}");
+        assert!(host.block.image("pvc-other").is_some());
+        assert!(failure_of(delete("../pvc-e", &[])).contains("cannot name"));
+    }
+
+    #[test]
+    fn the_node_verbs_take_the_recorded_options() {
+        let host = Host::new();
+        let provisioned =
+            provision(ProvisionRequest::new("pvc-g", 16 * MIB).with_fs_type("xfs")).unwrap();
+        let options = pv_options("pvc-g", &provisioned);
+        assert_eq!(
+            Loop::attach(options.clone(), NODE.into()).unwrap(),
+            "loop:pvc-g"
+        );
+        let device = Loop::wait_for_attach("loop:pvc-g".into(), options.clone()).unwrap();
+        Loop::mount_device(format!("{DMP}pvc-g"), device.clone(), options.clone()).unwrap();
+        assert!(
+            host.calls().contains(&Call::Mkfs {
+                device: device.clone(),
+                fs_type: "xfs".into()
+            }),
+            "{:?}",
+            host.calls()
+        );
+        Loop::unmount_device(format!("{DMP}pvc-g")).unwrap();
+        // A provisioned image outlives its device mount.
+        assert!(host.block.image("pvc-g").is_some());
+
+        // kubelet's fsType agrees, or the call fails.
+        let same = options.clone().with_fs_type("xfs");
+        Loop::wait_for_attach("".into(), same).unwrap();
+        let differ = options.with_fs_type("ext4");
+        assert!(failure_of(Loop::wait_for_attach("".into(), differ)).contains("differs"));
+    }
+
+    #[test]
+    fn an_image_option_cannot_name_another_volume() {
+        let host = Host::new();
+        host.block.add_image("pvc-victim", 8 * MIB);
+        let hostile = Options::default()
+            .with_pv_or_volume_name("pvc-mine")
+            .with_extra("image", "pvc-victim");
+        for result in [
+            Loop::attach(hostile.clone(), NODE.into()).map(drop),
+            Loop::wait_for_attach("".into(), hostile.clone()).map(drop),
+            Loop::mount_device(format!("{DMP}pvc-mine"), "".into(), hostile.clone()),
+            Loop::expand_fs(hostile.clone(), "".into(), format!("{DMP}pvc-mine"), 1, 1),
+            <Loop as Driver>::delete(hostile.clone()),
+        ] {
+            assert!(failure_of(result).contains("does not name"));
+        }
+        assert_eq!(host.block.image("pvc-victim").unwrap().device, None);
+        assert!(host.block.image("pvc-victim").is_some());
     }
 }
