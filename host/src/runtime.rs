@@ -329,9 +329,10 @@ pub fn run_call<T>(
 
 /// Stops a call at its deadline: the epoch interrupts WebAssembly code; a host call still
 /// blocked on the outside world a grace period later is answered for (per-call `flex`) or
-/// logged (a long-running caller). Ends with the call.
+/// logged (a long-running caller). Dropped with the call: the channel closes and the thread
+/// ends at once.
 struct Watchdog {
-    done: Option<std::sync::mpsc::Sender<()>>,
+    _call: std::sync::mpsc::Sender<()>,
 }
 
 impl Watchdog {
@@ -343,7 +344,7 @@ impl Watchdog {
         exit_when_stuck: bool,
     ) -> Watchdog {
         use std::sync::mpsc::{RecvTimeoutError, channel};
-        let (done, finished) = channel::<()>();
+        let (call, finished) = channel::<()>();
         let (driver, verb) = (driver.to_string(), verb.to_string());
         std::thread::spawn(move || {
             if finished.recv_timeout(deadline) != Err(RecvTimeoutError::Timeout) {
@@ -362,15 +363,7 @@ impl Watchdog {
                 crate::reply_and_exit(&Reply::failure(message));
             }
         });
-        Watchdog { done: Some(done) }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(done) = self.done.take() {
-            let _ = done.send(());
-        }
+        Watchdog { _call: call }
     }
 }
 

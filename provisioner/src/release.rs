@@ -45,6 +45,13 @@ pub async fn reconcile(
         return Ok(Action::await_change());
     }
     let name = volume.name_any();
+    // Ours are named after the claim they were made for; a hand-made PV that copied the
+    // annotation but not that pairing is not ours to delete.
+    let claim_uid = spec.claim_ref.as_ref().and_then(|c| c.uid.as_deref());
+    if claim_uid.is_none_or(|uid| name != format!("pvc-{uid}")) {
+        tracing::info!(volume = %name, "released, but not named after its claim: not deleting it");
+        return Ok(Action::await_change());
+    }
     // A node-local volume (a loop image) exists only on its node: deleting it anywhere else
     // would find nothing, succeed, and leave the image behind.
     if let Some(node) = affinity_node(&volume)
