@@ -270,7 +270,7 @@ fn bind_sources_swapped_for_symlinks_never_bind_outside_the_grant() {
                 marker, "secret",
                 "round {round}: a bind landed outside the grant"
             );
-            nix::mount::umount2(&dir, nix::mount::MntFlags::empty()).unwrap();
+            unmount_busy(&dir);
         } else {
             refused += 1;
         }
@@ -346,4 +346,19 @@ fn state_files_swapped_for_symlinks_never_expose_host_files() {
         swaps.join().unwrap()
     );
     assert!(read > 0);
+}
+
+/// The test's own cleanup of a bind that landed: the swapper threads may be working inside it
+/// at that instant (EBUSY), so it is retried, then detached.
+fn unmount_busy(dir: &std::path::Path) {
+    use nix::mount::{MntFlags, umount2};
+    for _ in 0..100 {
+        match umount2(dir, MntFlags::empty()) {
+            Err(nix::errno::Errno::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            result => return result.unwrap(),
+        }
+    }
+    umount2(dir, MntFlags::MNT_DETACH).unwrap();
 }
