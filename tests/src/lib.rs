@@ -567,6 +567,20 @@ impl Moto {
     }
 
     /// Freezes the server (SIGSTOP): connections are accepted by the kernel, never answered.
+    /// Launches one instance in `zone` of `region`; its ID.
+    pub fn run_instance(&self, region: &str, zone: &str) -> String {
+        let reply = self.ec2(
+            region,
+            "run_instances",
+            serde_json::json!({"ImageId": "ami-12c6146b", "MinCount": 1, "MaxCount": 1,
+                               "Placement": {"AvailabilityZone": zone}}),
+        );
+        reply["Instances"][0]["InstanceId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// The EBS volumes the driver tagged with a PV's name.
     pub fn volumes_of(&self, region: &str, pv: &str) -> Vec<Value> {
         let reply = self.ec2(

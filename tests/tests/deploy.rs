@@ -40,6 +40,11 @@ fn validate(file: &Path) -> (bool, String) {
         .unwrap_or_else(|e| {
             panic!("cannot run kubernetes-validate ({e}): pip install kubernetes-validate")
         });
+    verdict(&output)
+}
+
+/// A validator's exit status and everything it printed.
+fn verdict(output: &std::process::Output) -> (bool, String) {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -1036,12 +1041,7 @@ sys.exit(1 if failed else 0)
         .arg(file)
         .output()
         .expect("python3 with jsonschema (pip install kubernetes-validate)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    verdict(&output)
 }
 
 /// The target cluster is Kubernetes 1.20: kubernetes-validate has no schemas that old, so its

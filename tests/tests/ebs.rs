@@ -42,16 +42,7 @@ impl EbsNode {
     fn with_limits(deadline: u64, edit: impl FnOnce(&str, String) -> String) -> EbsNode {
         require_root();
         let moto = Moto::start();
-        let reply = moto.ec2(
-            REGION,
-            "run_instances",
-            json!({"ImageId": "ami-12c6146b", "MinCount": 1, "MaxCount": 1,
-                   "Placement": {"AvailabilityZone": "eu-west-1a"}}),
-        );
-        let instance = reply["Instances"][0]["InstanceId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let instance = moto.run_instance(REGION, "eu-west-1a");
         let node = Node::new();
         let driver = node.install("flex~ebs", &guest("flex_ebs"));
         let dev_dir = PathBuf::from(format!(

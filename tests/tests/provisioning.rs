@@ -390,16 +390,7 @@ struct Ebs {
 fn ebs_driver(tag: &str) -> Ebs {
     let _ = base();
     let moto = Moto::start();
-    let reply = moto.ec2(
-        REGION,
-        "run_instances",
-        json!({"ImageId": "ami-12c6146b", "MinCount": 1, "MaxCount": 1,
-               "Placement": {"AvailabilityZone": "eu-west-1c"}}),
-    );
-    let instance = reply["Instances"][0]["InstanceId"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let instance = moto.run_instance(REGION, "eu-west-1c");
     let endpoint = moto.endpoint();
     let driver = Installed::new(tag, "ebs", &guest("flex_ebs"), |_| {
         let extra =
