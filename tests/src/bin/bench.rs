@@ -9,7 +9,8 @@
 //! Prints, per verb (`init`, `mount`, `unmount`): median and p99 wall time, peak RSS of the
 //! call (the child's `ru_maxrss` from `wait4`), instructions per call (`perf stat` where
 //! hardware counters work, else `valgrind --tool=callgrind`), ratios; then 64 concurrent calls,
-//! and where one flex call spends its time (`FLEX_TIMINGS=1`).
+//! and where one flex call spends its time (`FLEX_TIMINGS=1`): the Rust driver's verbs, and
+//! `init` of the Rust, JavaScript and Python drivers side by side.
 
 use flex_tests::{Node, Value, flex_binary, guest, mount_json, shipped_policy};
 use nix::libc;
@@ -212,6 +213,16 @@ fn main() {
         .iter()
         .position(|s| s.name == "flex baseline")
         .map(|b| phase_breakdown(&subjects[b].program, &subjects[b], &node, runs.min(100)));
+    // The same phases of the Python and JavaScript drivers' `init`: where a large component's
+    // extra cost per call goes (issue 12's target is their warm `init` within 2x the Rust one).
+    let guest_phases: Vec<(&str, BTreeMap<String, u64>)> = subjects
+        .iter()
+        .filter(|s| s.name.contains("JS") || s.name.contains("Python"))
+        .map(|s| {
+            let mut verbs = phase_breakdown(&s.program, s, &node, runs.min(100));
+            (s.name, verbs.swap_remove(0).1)
+        })
+        .collect();
 
     // Report.
     println!(
@@ -303,15 +314,31 @@ fn main() {
         .collect();
     ordered.extend(extra);
     ordered.push("wall".to_string());
-    for phase in ordered {
+    for phase in &ordered {
         let cells: Vec<String> = phases
             .iter()
-            .map(|(_, p)| p.get(&phase).map_or("-".into(), |us| format!("{us}")))
+            .map(|(_, p)| p.get(phase).map_or("-".into(), |us| format!("{us}")))
             .collect();
         if cells.iter().all(|c| c == "-") {
             continue;
         }
         println!("| {phase} | {} |", cells.join(" | "));
+    }
+    if !guest_phases.is_empty() {
+        println!();
+        println!("`init` by driver language (median µs, FLEX_TIMINGS=1):");
+        let names: Vec<&str> = guest_phases.iter().map(|(name, _)| *name).collect();
+        println!("| phase | flex (wasm) | {} |", names.join(" | "));
+        println!("|---|---|{}", "---|".repeat(names.len()));
+        let rust_init = phases.first().map(|(_, p)| p);
+        for phase in &ordered {
+            let cell = |p: Option<&BTreeMap<String, u64>>| {
+                p.and_then(|p| p.get(phase))
+                    .map_or("-".to_string(), |us| us.to_string())
+            };
+            let cells: Vec<String> = guest_phases.iter().map(|(_, p)| cell(Some(p))).collect();
+            println!("| {phase} | {} | {} |", cell(rust_init), cells.join(" | "));
+        }
     }
     if let Some(before) = &baseline_phases {
         println!();
@@ -371,6 +398,20 @@ fn main() {
         concurrent[2].failures,
         check(concurrent[2].failures == 0)
     );
+    // Issue 12: a large component's warm `init` against the Rust driver's, in this same run.
+    for (i, subject) in subjects.iter().enumerate() {
+        if !(subject.name.contains("JS") || subject.name.contains("Python")) {
+            continue;
+        }
+        let ratio = init(i) / init(2);
+        println!(
+            "  {} init {:.2} ms, {ratio:.2}× flex (wasm) ≤ 2×: {}; ≤ 3 ms: {}",
+            subject.name,
+            init(i),
+            check(ratio <= 2.0),
+            check(init(i) <= 3.0)
+        );
+    }
 }
 
 /// `flex install` of the tmpfs driver into `plugin_dir`, exactly as an operator does it; returns
