@@ -30,6 +30,14 @@ struct Subject {
     dir: PathBuf,
 }
 
+impl Subject {
+    /// The JavaScript and Python drivers: large components, whose `init` issue 12 measures
+    /// against the Rust driver's.
+    fn is_other_language(&self) -> bool {
+        self.name.contains("JS") || self.name.contains("Python")
+    }
+}
+
 /// One exec: wall time from spawn to reap, and the child's peak RSS in KiB.
 struct Sample {
     wall: Duration,
@@ -206,20 +214,28 @@ fn main() {
 
     let instructions = instruction_counts(&node, &mut subjects, callgrind_runs);
     let concurrent: Vec<Stats> = subjects.iter().map(|s| concurrent_init(s, &node)).collect();
-    let phases = phase_breakdown(&flex, &subjects[2], &node, runs.min(100));
+    let phases = phase_breakdown(&flex, &subjects[2], &node, runs.min(100), &VERBS);
     // The same phases of the baseline: its `call` phase of `mount` is the capability layer's
     // in-process cost there (checks plus the mount system calls), to compare with this one's.
     let baseline_phases = subjects
         .iter()
         .position(|s| s.name == "flex baseline")
-        .map(|b| phase_breakdown(&subjects[b].program, &subjects[b], &node, runs.min(100)));
+        .map(|b| {
+            phase_breakdown(
+                &subjects[b].program,
+                &subjects[b],
+                &node,
+                runs.min(100),
+                &VERBS,
+            )
+        });
     // The same phases of the Python and JavaScript drivers' `init`: where a large component's
     // extra cost per call goes (issue 12's target is their warm `init` within 2x the Rust one).
     let guest_phases: Vec<(&str, BTreeMap<String, u64>)> = subjects
         .iter()
-        .filter(|s| s.name.contains("JS") || s.name.contains("Python"))
+        .filter(|s| s.is_other_language())
         .map(|s| {
-            let mut verbs = phase_breakdown(&s.program, s, &node, runs.min(100));
+            let mut verbs = phase_breakdown(&s.program, s, &node, runs.min(100), &["init"]);
             (s.name, verbs.swap_remove(0).1)
         })
         .collect();
@@ -332,12 +348,12 @@ fn main() {
         println!("|---|---|{}", "---|".repeat(names.len()));
         let rust_init = phases.first().map(|(_, p)| p);
         for phase in &ordered {
-            let cell = |p: Option<&BTreeMap<String, u64>>| {
-                p.and_then(|p| p.get(phase))
-                    .map_or("-".to_string(), |us| us.to_string())
-            };
-            let cells: Vec<String> = guest_phases.iter().map(|(_, p)| cell(Some(p))).collect();
-            println!("| {phase} | {} | {} |", cell(rust_init), cells.join(" | "));
+            let cells: Vec<String> = rust_init
+                .into_iter()
+                .chain(guest_phases.iter().map(|(_, p)| p))
+                .map(|p| p.get(phase).map_or("-".to_string(), |us| us.to_string()))
+                .collect();
+            println!("| {phase} | {} |", cells.join(" | "));
         }
     }
     if let Some(before) = &baseline_phases {
@@ -400,7 +416,7 @@ fn main() {
     );
     // Issue 12: a large component's warm `init` against the Rust driver's, in this same run.
     for (i, subject) in subjects.iter().enumerate() {
-        if !(subject.name.contains("JS") || subject.name.contains("Python")) {
+        if !subject.is_other_language() {
             continue;
         }
         let ratio = init(i) / init(2);
@@ -493,12 +509,13 @@ fn phase_breakdown(
     subject: &Subject,
     node: &Node,
     runs: usize,
+    verbs: &[&'static str],
 ) -> Vec<(&'static str, BTreeMap<String, u64>)> {
     let log = node.path("log/flex.log");
     let mut per_verb: BTreeMap<&str, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
     // Verbs in lifecycle order, so every mount and unmount does real work.
     for _ in 0..runs {
-        for verb in VERBS {
+        for &verb in verbs {
             let _ = std::fs::remove_file(&log);
             let sample = exec(
                 flex,
@@ -531,7 +548,7 @@ fn phase_breakdown(
             per_phase.entry("wall".into()).or_default().push(wall);
         }
     }
-    VERBS
+    verbs
         .iter()
         .map(|verb| {
             let medians = per_verb
