@@ -87,7 +87,7 @@ fn run<T>(
         targets: vec![],
         bind_sources: vec![],
         devices: vec![],
-        exit_when_stuck: false,
+        per_call_process: false,
     };
     let (outcome, logger) = runtime::run_call(spec, logger, |store, instance| {
         let indices = ProvisioningIndices::new(&instance.instance_pre(&*store)).map_err(|_| {
