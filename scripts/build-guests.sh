@@ -2,7 +2,7 @@
 # Builds the drivers written in Python and JavaScript (`make build` runs it after the Rust
 # guests), beside them in $TARGET/wasm32-wasip2/release/ ($TARGET = CARGO_TARGET_DIR, default
 # target/):
-#   flex_hostpath_py.wasm   plugins/hostpath-py, componentize-py, world mount-driver
+#   flex_hostpath_py.wasm   plugins/hostpath-py, componentize-py, world mount-provisioning-driver
 #   flex_tmpfs_js.wasm      plugins/tmpfs-js,    componentize-js, world mount-driver
 # Installs the pinned toolchains when missing: componentize-py 0.25.1 (pip, into a venv at
 # $TARGET/guest-tools/python) and componentize-js 0.23.0 (npm ci from sdk/js's lock file, into
@@ -49,7 +49,7 @@ build() { # NAME COMMAND...
 cd "$root"
 if stale "$out/flex_hostpath_py.wasm" plugins/hostpath-py sdk/python wit; then
   build flex_hostpath_py env COMPONENTIZE_PY="$componentize_py" \
-    sdk/python/build.sh --world mount-driver plugins/hostpath-py hostpath "$out/flex_hostpath_py.wasm"
+    sdk/python/build.sh --world mount-provisioning-driver plugins/hostpath-py hostpath "$out/flex_hostpath_py.wasm"
 fi
 if stale "$out/flex_tmpfs_js.wasm" plugins/tmpfs-js sdk/js wit; then
   build flex_tmpfs_js node sdk/js/build.mjs --world mount-driver plugins/tmpfs-js/tmpfs.js "$out/flex_tmpfs_js.wasm"

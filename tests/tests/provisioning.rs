@@ -376,6 +376,104 @@ fn loop_node_verbs_use_the_recorded_options() {
 }
 
 // ---------------------------------------------------------------------------------------
+// hostpath (Python)
+
+/// The Python hostpath driver with its shipped policy, its volumes in its own state directory.
+fn hostpath_driver(tag: &str) -> (Installed, PathBuf) {
+    let name = format!("{tag}~hostpath-py");
+    let volumes = base().join("state").join(&name).join("volumes");
+    let driver = Installed::new(tag, "hostpath-py", &guest("flex_hostpath_py"), |_| {
+        let policy = shipped_policy("hostpath-py").replace(
+            "/var/lib/flex/flex~hostpath-py/volumes",
+            volumes.to_str().unwrap(),
+        );
+        assert!(policy.contains(volumes.to_str().unwrap()));
+        policy
+    });
+    (driver, volumes)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn hostpath_py_provision_is_idempotent_checked_usable_and_deleted() {
+    let (d, volumes) = hostpath_driver("hp-a");
+    let info = d.describe();
+    assert!(
+        matches!(info.access_modes.as_slice(), [AccessMode::ReadWriteOnce]),
+        "{:?}",
+        info.access_modes
+    );
+    assert!(info.parameters.is_empty());
+    assert!(info.node_local);
+
+    let pv = "pvc-0b6a3c1e-3333-4000-8000-00000000000a";
+    let provisioned = d.provision(&request(pv, 64 * MIB)).unwrap();
+    assert_eq!(provisioned.capacity_bytes, 64 * MIB);
+    assert!(provisioned.options.is_empty());
+    assert_eq!(entries(&volumes), [pv]);
+    // A retry after a crash keeps what is already there.
+    std::fs::write(volumes.join(pv).join("data"), b"kept").unwrap();
+    let again = d.provision(&request(pv, 64 * MIB)).unwrap();
+    assert_eq!(
+        (again.capacity_bytes, again.options),
+        (provisioned.capacity_bytes, provisioned.options.clone())
+    );
+    assert_eq!(
+        std::fs::read(volumes.join(pv).join("data")).unwrap(),
+        b"kept"
+    );
+
+    // Everything is checked before anything is made; each refusal says why.
+    let refused = [
+        (request("../escape", MIB), "not a valid directory name"),
+        (
+            with_parameters(request("pvc-p", MIB), &[("fsType", "ext4")]),
+            "unknown StorageClass parameter 'fsType'",
+        ),
+        (
+            ProvisionRequest {
+                access_modes: vec![AccessMode::ReadWriteMany],
+                ..request("pvc-m", MIB)
+            },
+            "ReadWriteMany is not supported",
+        ),
+        (request("pvc-big", 2 * GIB), "allows at most 1073741824"),
+    ];
+    for (claim, why) in refused {
+        let error = d.provision(&claim).unwrap_err();
+        assert!(error.contains(why), "{}: {error}", claim.name);
+    }
+    assert_eq!(entries(&volumes), [pv]);
+    assert!(!volumes.parent().unwrap().join("escape").exists());
+
+    // kubelet mounts the PV with the options it records: the pod sees the volume's data.
+    let dir = d.dir.join("pods/pod-a/volumes/data");
+    std::fs::create_dir_all(&dir).unwrap();
+    d.run(&["mount", dir.to_str().unwrap(), &pv_json(pv, &provisioned)])
+        .success();
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"kept");
+    d.run(&["unmount", dir.to_str().unwrap()]).success();
+
+    d.delete(pv, &provisioned.options).unwrap();
+    assert_eq!(entries(&volumes), Vec::<String>::new());
+    // Deleted already (a retry): success. A name that is not one directory: refused.
+    d.delete(pv, &provisioned.options).unwrap();
+    let error = d.delete("../../policy", &[]).unwrap_err();
+    assert!(error.contains("not a valid directory name"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------
 // EBS
 
 /// The EBS driver against its own moto, with one instance (`node-1`, in eu-west-1c).

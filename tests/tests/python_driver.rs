@@ -231,7 +231,7 @@ fn inspect_shows_only_the_worlds_capabilities() {
         .filter(|i| i.starts_with("flex:"))
         .collect();
     flex.sort();
-    // The `mount-driver` world: no block devices, no host programs.
+    // The `mount-driver` world's imports: no block devices, no host programs.
     assert_eq!(
         flex,
         [
@@ -255,14 +255,17 @@ fn inspect_shows_only_the_worlds_capabilities() {
         };
         assert_eq!(import["verdict"], expected, "{import}");
     }
-    // componentize-py also exports an instance of its own, named `exports`.
-    assert!(
-        report["exports"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("flex:volume/verbs@0.1.0")),
-        "{report}"
-    );
+    // World `mount-provisioning-driver`: the verbs and provisioning for `flex provisioner`
+    // (componentize-py also exports an instance of its own, named `exports`).
+    for export in ["flex:volume/verbs@0.1.0", "flex:volume/provisioning@0.1.0"] {
+        assert!(
+            report["exports"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(export)),
+            "{export}: {report}"
+        );
+    }
     assert_eq!(report["unused_grants"], json!([]));
     assert_eq!(report["would_not_link"], json!([]));
 }

@@ -227,10 +227,27 @@ def _describe(error: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _failure_for(verb: str, error: BaseException):
+    """The WIT `error` for an exception that escaped `verb` (logged with its traceback unless
+    it is a DriverError or NotSupported)."""
+    from wit_world.imports import types
+
+    if isinstance(error, NotSupported):
+        return types.Error_NotSupported()
+    if isinstance(error, DriverError):
+        return types.Error_Failure(str(error) or "failed")
+    try:
+        from . import log
+
+        log.error(f"{verb}: uncaught {traceback.format_exc()}")
+    except BaseException:  # noqa: BLE001 -- the reply matters more than the log line
+        pass
+    return types.Error_Failure(_describe(error))
+
+
 def _call(driver_class, verb: str, args):
     """Runs one verb of a fresh driver: exceptions become the WIT `error` variant."""
     from componentize_py_types import Err
-    from wit_world.imports import types
 
     shape, returns = _VERBS[verb]
     try:
@@ -243,18 +260,8 @@ def _call(driver_class, verb: str, args):
         if returns is int and isinstance(result, bool) or not isinstance(result, returns):
             raise TypeError(f"{verb} must return {returns.__name__}, not {type(result).__name__}")
         return result
-    except NotSupported:
-        raise Err(types.Error_NotSupported())
-    except DriverError as error:
-        raise Err(types.Error_Failure(str(error) or "failed"))
-    except BaseException as error:  # noqa: BLE001 -- anything else is a Failure too
-        try:
-            from . import log
-
-            log.error(f"{verb}: uncaught {traceback.format_exc()}")
-        except BaseException:  # noqa: BLE001 -- the reply matters more than the log line
-            pass
-        raise Err(types.Error_Failure(_describe(error)))
+    except BaseException as error:  # noqa: BLE001 -- every failure is a reply
+        raise Err(_failure_for(verb, error))
 
 
 def export(driver_class):

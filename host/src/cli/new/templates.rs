@@ -142,6 +142,10 @@ pub const PYTHON: &[File] = &[
         "vendor/flex_driver/mounts.py",
         "sdk/python/flex_driver/mounts.py"
     ),
+    repo!(
+        "vendor/flex_driver/provisioning.py",
+        "sdk/python/flex_driver/provisioning.py"
+    ),
     repo!("wit/flex.wit", "wit/flex.wit"),
 ];
 
