@@ -775,11 +775,11 @@ fn run_compiler(component: &File, flag: &str, fd: std::os::fd::BorrowedFd) -> Re
     Ok(())
 }
 
-/// `FLEX_COMPILER`, else `flex-compile` beside the running executable, else the copy
-/// `flex install` keeps in the plugin dir (`<plugindir>/.flex-compile`, for installed drivers:
-/// `<plugindir>/<vendor~driver>/.version-<id>/<driver>`, or `<plugindir>/<vendor~driver>/<driver>`
-/// as earlier installs laid it out), so an installed driver can rebuild a rejected artifact by
-/// itself, e.g. after a node's CPU changed.
+/// `FLEX_COMPILER`, else `flex-compile` beside the running executable, else, for an installed
+/// driver (`<plugindir>/<vendor~driver>/.version-<id>/<driver>`), the copy `flex install` keeps
+/// in the plugin dir (`<plugindir>/.flex-compile`), so an installed driver can rebuild a
+/// rejected artifact by itself, e.g. after a node's CPU changed. A compiler found (not named
+/// by `FLEX_COMPILER`) runs as root: it is used only if [`trusted_compiler`] accepts it.
 #[cfg(not(feature = "compiler"))]
 pub fn compiler_path() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("FLEX_COMPILER") {
@@ -787,26 +787,68 @@ pub fn compiler_path() -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("find the flex executable: {e}"))?;
     let beside = exe.with_file_name(COMPILER);
-    let mut driver_dir = exe.parent();
-    if driver_dir.and_then(Path::file_name).is_some_and(|dir| {
-        dir.to_string_lossy()
-            .starts_with(crate::install::VERSION_PREFIX)
-    }) {
-        driver_dir = driver_dir.and_then(Path::parent);
-    }
-    let in_plugin_dir = driver_dir
+    // Only from the installed layout: a `flex` run from anywhere else (`/tmp/x/flex`) must not
+    // exec whatever `.flex-compile` sits two directories up.
+    let installed = exe.parent().filter(|dir| {
+        dir.file_name().is_some_and(|name| {
+            name.to_string_lossy()
+                .starts_with(crate::install::VERSION_PREFIX)
+        })
+    });
+    let in_plugin_dir = installed
+        .and_then(Path::parent)
         .and_then(Path::parent)
         .map(|plugin_dir| plugin_dir.join(PLUGIN_DIR_COMPILER));
-    let candidates = [Some(beside.clone()), in_plugin_dir];
-    match candidates.into_iter().flatten().find(|path| path.is_file()) {
-        Some(path) => Ok(path),
-        None => Err(format!(
-            "the component has no compiled artifact and there is no compiler to build one \
-             ({} is missing): reinstall the driver with `flex install`, which precompiles it, \
-             or set FLEX_COMPILER",
-            beside.display()
-        )),
+    let mut refused = Vec::new();
+    for path in [Some(beside.clone()), in_plugin_dir].into_iter().flatten() {
+        match trusted_compiler(&path) {
+            Ok(true) => return Ok(path),
+            Ok(false) => {}
+            Err(why) => refused.push(format!("{} refused: {why}", path.display())),
+        }
     }
+    let why = match refused.is_empty() {
+        true => format!("{} is missing", beside.display()),
+        false => refused.join("; "),
+    };
+    Err(format!(
+        "the component has no compiled artifact and there is no compiler to build one \
+         ({why}): reinstall the driver with `flex install`, which precompiles it, \
+         or set FLEX_COMPILER"
+    ))
+}
+
+/// Whether `path` is a compiler root may run: `Ok(false)` if there is none, an error if there
+/// is one that others could have written. The file (not a symlink) and its directory must be
+/// owned by root or the euid and not writable by group or others.
+#[cfg_attr(feature = "compiler", allow(dead_code))]
+fn trusted_compiler(path: &Path) -> Result<bool, String> {
+    let file = match std::fs::symlink_metadata(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !file.is_file() {
+        return Err("not a regular file".into());
+    }
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let dir = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let euid = nix::unistd::geteuid().as_raw();
+    for (what, meta) in [("it", &file), ("its directory", &dir)] {
+        if meta.uid() != 0 && meta.uid() != euid {
+            return Err(format!("{what} is owned by uid {}", meta.uid()));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{what} is writable by group or others (mode {:o})",
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(true)
 }
 
 /// Compiles the component open as `component` into the cache directory `dir`: reads it once,
@@ -962,6 +1004,40 @@ mod tests {
             other.0[field] += 1;
             assert_ne!(other.file_name(), name, "field {field}");
         }
+    }
+
+    /// A compiler found beside the executable or in the plugin dir runs as root: one that
+    /// others could have written (or replaced, in a writable directory) is refused.
+    #[test]
+    fn a_compiler_others_could_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        chmod(dir.path(), 0o755);
+        let compiler = dir.path().join(COMPILER);
+        assert_eq!(trusted_compiler(&compiler), Ok(false), "none there");
+        std::fs::write(&compiler, b"#!/bin/sh\n").unwrap();
+        chmod(&compiler, 0o755);
+        assert_eq!(trusted_compiler(&compiler), Ok(true));
+        for mode in [0o777, 0o775, 0o757, 0o666] {
+            chmod(&compiler, mode);
+            let refused = trusted_compiler(&compiler).unwrap_err();
+            assert!(refused.contains("writable"), "{mode:o}: {refused}");
+        }
+        chmod(&compiler, 0o755);
+        chmod(dir.path(), 0o1777);
+        let refused = trusted_compiler(&compiler).unwrap_err();
+        assert!(refused.contains("its directory"), "{refused}");
+        chmod(dir.path(), 0o755);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&compiler, &link).unwrap();
+        assert!(
+            trusted_compiler(&link)
+                .unwrap_err()
+                .contains("regular file")
+        );
     }
 
     #[test]

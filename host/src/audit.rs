@@ -9,6 +9,7 @@ use crate::limits::Limits;
 use crate::logfile::{LogFile, log_dir};
 use serde_json::{Value, json};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +23,15 @@ pub struct Audit {
     verb: Arc<str>,
     line_limit: usize,
     pub dry_run: bool,
+    /// Denials so far in this call (shared by every clone): past [`DENIAL_LINES_PER_CALL`]
+    /// they are counted, not written, so a driver looping over refused requests cannot rotate
+    /// the trail of what was done out of the log.
+    denials: Arc<AtomicU64>,
 }
+
+/// Denial lines one call writes; the next writes one line saying the rest are not recorded.
+/// Allowed and dry-run lines are always written (each is a privileged action).
+pub const DENIAL_LINES_PER_CALL: u64 = 100;
 
 enum Decision<'a> {
     Allow {
@@ -49,6 +58,7 @@ impl Audit {
             verb: verb.into(),
             line_limit: line_limit(Limits::default().audit_line_bytes),
             dry_run,
+            denials: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -114,6 +124,19 @@ impl Audit {
             Ok(rule) => (Decision::Allow { rule }, perform()),
         };
         let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        if matches!(decision, Decision::Deny { .. }) {
+            let denials = self.denials.fetch_add(1, Ordering::Relaxed) + 1;
+            if denials > DENIAL_LINES_PER_CALL {
+                if denials == DENIAL_LINES_PER_CALL + 1 {
+                    let reason = format!(
+                        "more than {DENIAL_LINES_PER_CALL} denials in this call: the rest are not recorded"
+                    );
+                    let reason = Decision::Deny { reason: &reason };
+                    self.record("audit", json!({}), reason, &outcome, started);
+                }
+                return result;
+            }
+        }
         self.record(operation, args, decision, &outcome, started);
         result
     }
@@ -391,5 +414,38 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    /// A driver looping over refused requests writes a bounded number of lines; what it was
+    /// allowed to do is still recorded after that.
+    #[test]
+    fn denials_past_the_budget_are_counted_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = Audit::to(Some(path.clone()), "acme~x", "mount", false);
+        for clone in [audit.clone(), audit.clone()] {
+            for _ in 0..DENIAL_LINES_PER_CALL {
+                let refused = clone.run::<()>("exec", json!({}), Err("denied".into()), || Ok(()));
+                assert!(refused.is_err());
+            }
+        }
+        let done = audit.run::<()>("mount", json!({}), Ok("rule".into()), || Ok(()));
+        assert!(done.is_ok());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let limit = DENIAL_LINES_PER_CALL as usize;
+        assert_eq!(lines.len(), limit + 2, "{text}");
+        assert!(lines[..limit].iter().all(|l| l["operation"] == "exec"));
+        assert_eq!(lines[limit]["operation"], "audit");
+        assert!(
+            lines[limit]["rule"]
+                .as_str()
+                .unwrap()
+                .contains("not recorded")
+        );
+        assert_eq!(lines[limit + 1]["decision"], "allow");
     }
 }

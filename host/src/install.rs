@@ -53,7 +53,9 @@ fn first_install(a: &InstallArgs, installed: &Path, driver: &str) -> Result<&'st
         .and_then(|()| layout::activate(&staging, version.as_deref().unwrap_or(""), driver))
         .and_then(|_| {
             fs::rename(&staging, installed)
-                .map_err(|e| format!("install {}: {e}", installed.display()))
+                .map_err(|e| format!("install {}: {e}", installed.display()))?;
+            let _ = layout::sync_dir(plugin_dir); // best effort: the rename is done
+            Ok(())
         });
     if result.is_err() {
         let gone =
@@ -452,12 +454,16 @@ fn install_compiler(plugin_dir: &Path) -> Result<(), String> {
         artifact::PLUGIN_DIR_COMPILER,
         std::process::id()
     ));
-    fs::copy(&compiler, &temp)
-        .and_then(|_| fs::rename(&temp, &target))
+    let _ = fs::remove_file(&temp); // left by a crashed install that had this pid
+    // Mode 0755 whatever the source's: root runs this copy.
+    layout::copy_file(&compiler, &temp, 0o755)
+        .and_then(|()| fs::rename(&temp, &target))
         .map_err(|e| {
             let _ = fs::remove_file(&temp);
             format!("install the compiler as {}: {e}", target.display())
-        })
+        })?;
+    let _ = layout::sync_dir(plugin_dir); // best effort: the rename is done
+    Ok(())
 }
 
 /// Installs the policy with its source's mode, never wider than `0640`: a `[config]`

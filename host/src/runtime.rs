@@ -284,10 +284,7 @@ pub fn run_call<T>(
     // limits fails, however quickly it wrote.
     let state_limit = state_watch.as_ref().and_then(|w| w.exceeded()).or_else(|| {
         let prepared = state_dir.as_ref().filter(|p| !p.read_only)?;
-        let stop_at = policy.limits.state_files.saturating_add(1);
-        state::usage(&prepared.dir, stop_at)
-            .ok()?
-            .over(&policy.limits)
+        state::over_limits(&prepared.dir, &policy.limits)
     });
     let outcome = match (outcome, state_limit) {
         (_, Some(limit)) => Err(wasmtime::Error::msg(limit.clone()).context(StateLimit(limit))),

@@ -201,20 +201,10 @@ impl Node {
         dir
     }
 
-    /// Runs `executable args...` the way kubelet does: no shell, stdin /dev/null.
+    /// Runs `executable args...` the way kubelet does: no shell, stdin /dev/null (see
+    /// [`Node::command`]).
     pub fn run(&self, executable: &Path, args: &[&str]) -> Output {
-        let output = Command::new(executable)
-            .args(args)
-            .env("FLEX_POLICY_DIR", self.path("policy"))
-            .env("FLEX_LOG_DIR", self.path("log"))
-            .env("FLEX_STATE_DIR", self.path("state"))
-            .env("FLEX_RUN_DIR", self.path("run"))
-            .env("FLEX_CACHE_DIR", self.cache_dir())
-            .env_remove("FLEX_COMPONENT")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("exec flex");
-        Output::from(output)
+        Output::from(self.command(executable, args).output().expect("exec flex"))
     }
 
     pub fn log(&self) -> String {

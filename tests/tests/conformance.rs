@@ -70,18 +70,11 @@ impl Run {
 fn flex_test(node: &Node, args: &[&str]) -> Run {
     let base = node.path("runs");
     let started = Instant::now();
-    let output = Command::new(flex_binary())
-        .arg("test")
+    let output = node
+        .command(&flex_binary(), &["test"])
         .args(args)
         .arg("--scratch-base")
         .arg(&base)
-        .env("FLEX_POLICY_DIR", node.path("policy"))
-        .env("FLEX_LOG_DIR", node.path("log"))
-        .env("FLEX_STATE_DIR", node.path("state"))
-        .env("FLEX_RUN_DIR", node.path("run"))
-        .env("FLEX_CACHE_DIR", node.cache_dir())
-        .env_remove("FLEX_COMPONENT")
-        .stdin(std::process::Stdio::null())
         .output()
         .expect("exec flex test");
     let run = Run {

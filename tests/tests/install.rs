@@ -291,3 +291,84 @@ fn bad_installs_leave_nothing_behind() {
         assert!(node.artifacts().is_empty(), "{args:?}");
     }
 }
+
+/// What `flex install` writes has fixed modes, never its sources': a world-writable (or
+/// setuid) component, executable or compiler given to it does not become a root-owned file
+/// others can write, or run as root. And a compiler others could have written is never run.
+#[test]
+fn installed_files_have_fixed_modes_and_a_writable_compiler_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    require_root();
+    let node = Node::new();
+    let plugins = node.path("plugins");
+    let policy = node.path("policy/in.toml");
+    std::fs::write(&policy, shipped_policy("tmpfs")).unwrap();
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let mode = |path: &std::path::Path| path.metadata().unwrap().mode() & 0o7777;
+    // Copied by `cp`, not by this process: a copy written here while another test thread
+    // forks would fail exec with ETXTBSY (the child inherits the open file).
+    let bin = node.path("bin");
+    std::fs::create_dir(&bin).unwrap();
+    chmod(&bin, 0o755);
+    let (flex, compiler) = (bin.join("flex"), bin.join("flex-compile"));
+    let source = flex_binary();
+    for (from, to) in [
+        (source.clone(), &flex),
+        (source.with_file_name("flex-compile"), &compiler),
+    ] {
+        let cp = std::process::Command::new("cp").arg(from).arg(to).status();
+        assert!(cp.unwrap().success());
+        chmod(to, 0o6777);
+    }
+    let component = node.path("in.wasm");
+    std::fs::copy(guest("flex_tmpfs"), &component).unwrap();
+    chmod(&component, 0o666);
+    let install = |compiler: Option<&std::path::Path>| {
+        let mut command = node.command(
+            &flex,
+            &["install", "--plugin-dir", plugins.to_str().unwrap()],
+        );
+        command
+            .args(["acme~tmpfs", component.to_str().unwrap()])
+            .args(["--policy", policy.to_str().unwrap()])
+            .env_remove("FLEX_COMPILER");
+        if let Some(compiler) = compiler {
+            command.env("FLEX_COMPILER", compiler);
+        }
+        Output::from(command.output().expect("exec flex"))
+    };
+
+    // The world-writable flex-compile beside this flex is not run.
+    let out = install(None);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("refused") && out.stderr.contains("writable by group or others"),
+        "{out:?}"
+    );
+    assert!(listing(&plugins).is_empty(), "{:?}", listing(&plugins));
+
+    // Named by FLEX_COMPILER, it is the caller's choice.
+    let out = install(Some(&compiler));
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out:?}");
+    let dir = plugins.join("acme~tmpfs");
+    assert_eq!(mode(&dir.join("tmpfs.wasm")), 0o644, "the component");
+    assert_eq!(mode(&dir.join("tmpfs")), 0o755, "the executable");
+    assert_eq!(mode(&plugins.join(".flex-compile")), 0o755, "the compiler");
+    node.run(&dir.join("tmpfs"), &["init"]).success();
+
+    // The installed driver rebuilds a lost artifact with the plugin dir's compiler only while
+    // nobody else could have written it.
+    let artifacts = node.artifacts();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    std::fs::remove_file(&artifacts[0]).unwrap();
+    chmod(&plugins.join(".flex-compile"), 0o777);
+    let refused = node.run(&dir.join("tmpfs"), &["init"]).failure();
+    assert!(refused.contains(".flex-compile refused"), "{refused}");
+    assert!(node.artifacts().is_empty());
+    chmod(&plugins.join(".flex-compile"), 0o755);
+    node.run(&dir.join("tmpfs"), &["init"]).success();
+    assert_eq!(node.artifacts().len(), 1);
+    uninstall(&node, &plugins, "acme~tmpfs");
+}

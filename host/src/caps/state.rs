@@ -12,11 +12,13 @@
 
 use crate::limits::{self, Limits};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
-use std::ffi::CStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -126,7 +128,10 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 /// mid-walk is seen as a symlink, never followed. `visit` gets each entry (parent descriptor,
 /// name, what it is, the value its directory was given) and returns, for a directory, the value
 /// to walk it with, or `None` to skip it. More than `stop_at` entries end the walk with
-/// `Ok(false)`.
+/// `Ok(false)`. A directory is opened only when its turn comes, so the descriptors held are
+/// those of its ancestors, not one per pending directory. A directory that cannot be opened
+/// for any reason but having gone (or been swapped for a non-directory) fails the walk: a
+/// measurement never silently leaves part of the tree out.
 fn walk<T>(
     root: &Path,
     root_value: T,
@@ -134,11 +139,20 @@ fn walk<T>(
     mut visit: impl FnMut(BorrowedFd<'_>, &CStr, &Stat, &T) -> Result<Option<T>, String>,
 ) -> Result<bool, String> {
     let failed = |e: rustix::io::Errno| format!("{}: {e}", root.display());
-    let root_fd = rustix::fs::open(root, DIR_FLAGS, Mode::empty()).map_err(failed)?;
-    let mut pending = vec![(root_fd, root_value)];
+    let root_fd = Rc::new(rustix::fs::open(root, DIR_FLAGS, Mode::empty()).map_err(failed)?);
+    // (the directory, or its parent and its name when it is not open yet; its value)
+    let mut pending: Vec<(Rc<OwnedFd>, Option<CString>, T)> = vec![(root_fd, None, root_value)];
     let mut entries_seen = 0;
-    while let Some((fd, value)) = pending.pop() {
-        for entry in Dir::read_from(&fd).map_err(failed)? {
+    while let Some((parent, name, value)) = pending.pop() {
+        let fd = match name {
+            None => parent,
+            Some(name) => match rustix::fs::openat(&*parent, &name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => Rc::new(fd),
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => continue, // gone meanwhile
+                Err(e) => return Err(failed(e)),
+            },
+        };
+        for entry in Dir::read_from(&*fd).map_err(failed)? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name();
             if name == c"." || name == c".." {
@@ -148,16 +162,14 @@ fn walk<T>(
             if entries_seen > stop_at {
                 return Ok(false);
             }
-            let Ok(stat) = rustix::fs::statat(&fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            let Ok(stat) = rustix::fs::statat(&*fd, name, AtFlags::SYMLINK_NOFOLLOW) else {
                 continue; // removed meanwhile
             };
             let Some(child_value) = visit(fd.as_fd(), name, &stat, &value)? else {
                 continue;
             };
-            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory
-                && let Ok(child) = rustix::fs::openat(&fd, name, DIR_FLAGS, Mode::empty())
-            {
-                pending.push((child, child_value));
+            if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+                pending.push((fd.clone(), Some(name.to_owned()), child_value));
             }
         }
     }
@@ -178,11 +190,26 @@ pub fn usage(dir: &Path, stop_at: u64) -> Result<Usage, String> {
     Ok(usage)
 }
 
+/// The limit the tree at `dir` is over, if any. A tree that cannot be measured (descriptors
+/// used up, a directory that will not open) counts as over: otherwise a driver that holds
+/// every descriptor open could write past the limits unmeasured.
+pub fn over_limits(dir: &Path, limits: &Limits) -> Option<String> {
+    match usage(dir, limits.state_files.saturating_add(1)) {
+        Ok(measured) => measured.over(limits),
+        Err(e) => Some(limits::exceeded(
+            "state_bytes",
+            format!("the state directory cannot be measured: {e}"),
+        )),
+    }
+}
+
 /// Copies a state directory for a dry run (regular files, directories, symlinks as links;
 /// nothing else), through descriptors as [`walk`] reads: a symlink swapped in for a directory
 /// or file by a concurrent call is copied as a link, never followed out of the directory.
-/// Refused past `max_entries` entries.
-pub fn copy_tree(from: &Path, to: &Path, max_entries: u64) -> Result<(), String> {
+/// Refused past `max_entries` entries or `max_bytes` bytes written: a sparse file counts its
+/// length here (the copy writes its holes out), not the blocks it occupies.
+pub fn copy_tree(from: &Path, to: &Path, max_entries: u64, max_bytes: u64) -> Result<(), String> {
+    let mut room = max_bytes;
     let failed = |e: rustix::io::Errno| format!("copy state {}: {e}", from.display());
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -214,11 +241,17 @@ pub fn copy_tree(from: &Path, to: &Path, max_entries: u64) -> Result<(), String>
                 let write = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
                 let output = rustix::fs::openat(target, name, write, Mode::from_raw_mode(0o600))
                     .map_err(failed)?;
-                std::io::copy(
-                    &mut std::fs::File::from(input),
+                let copied = std::io::copy(
+                    &mut std::io::Read::take(std::fs::File::from(input), room.saturating_add(1)),
                     &mut std::fs::File::from(output),
                 )
                 .map_err(|e| format!("copy state {}: {e}", from.display()))?;
+                room = room.checked_sub(copied).ok_or_else(|| {
+                    limits::exceeded(
+                        "state_bytes",
+                        format!("a dry run's copy of the state directory would write more than {max_bytes} bytes"),
+                    )
+                })?;
                 Ok(None)
             }
             _ => Ok(None),
@@ -266,7 +299,7 @@ impl Prepared {
                 .map_err(|e| format!("dry-run scratch in {}: {e}", root.display()))?;
             let copy = scratch.path().join("state");
             if over.is_none() {
-                copy_tree(&dir, &copy, limits.state_files)?;
+                copy_tree(&dir, &copy, limits.state_files, limits.state_bytes)?;
             } else {
                 std::fs::create_dir(&copy).map_err(|e| format!("{}: {e}", copy.display()))?;
             }
@@ -301,10 +334,7 @@ pub fn watch(dir: PathBuf, limits: Limits, stop: impl Fn() + Send + 'static) -> 
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(WATCH_INTERVAL);
-            let Ok(measured) = usage(&dir, limits.state_files.saturating_add(1)) else {
-                continue;
-            };
-            if let Some(message) = measured.over(&limits) {
+            if let Some(message) = over_limits(&dir, &limits) {
                 if let Ok(mut slot) = shared.message.lock() {
                     *slot = Some(message);
                 }
@@ -379,14 +409,86 @@ mod tests {
         std::os::unix::fs::symlink(&host, state.join("to-dir")).unwrap();
         std::os::unix::fs::symlink(host.join("secret"), state.join("to-file")).unwrap();
         let copy = root.path().join("copy");
-        copy_tree(&state, &copy, 100).unwrap();
+        copy_tree(&state, &copy, 100, 1 << 20).unwrap();
         assert_eq!(std::fs::read(copy.join("sub/own")).unwrap(), b"driver");
         for link in ["to-dir", "to-file"] {
             let meta = std::fs::symlink_metadata(copy.join(link)).unwrap();
             assert!(meta.file_type().is_symlink(), "{link} copied as a link");
         }
-        let err = copy_tree(&state, &root.path().join("small"), 2).unwrap_err();
+        let err = copy_tree(&state, &root.path().join("small"), 2, 1 << 20).unwrap_err();
         assert!(err.contains("limits.state_files"), "{err}");
+    }
+
+    /// A sparse file occupies almost nothing but the copy writes its whole length: the copy is
+    /// bounded by what it writes.
+    #[test]
+    fn the_copy_is_bounded_by_the_bytes_it_writes() {
+        let root = tempfile::tempdir().unwrap();
+        let state = root.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let sparse = std::fs::File::create(state.join("sparse")).unwrap();
+        sparse.set_len(8 << 20).unwrap();
+        assert!(usage(&state, 10).unwrap().bytes < 1 << 20, "sparse");
+        let err = copy_tree(&state, &root.path().join("small"), 10, 4 << 20).unwrap_err();
+        assert!(err.contains("limits.state_bytes"), "{err}");
+        copy_tree(&state, &root.path().join("big"), 10, 8 << 20).unwrap();
+        let copied = std::fs::metadata(root.path().join("big/sparse")).unwrap();
+        assert_eq!(copied.len(), 8 << 20);
+    }
+
+    /// Run in a child with 48 descriptors: 300 sibling directories are measured in full (one
+    /// descriptor per pending directory would run out), and with every descriptor taken the
+    /// measurement fails closed: over the limits, not within them.
+    #[test]
+    fn measuring_needs_few_descriptors_and_fails_closed_without_them() {
+        const CHILD: &str = "FLEX_STATE_FD_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let dir = tempfile::tempdir().unwrap();
+            for i in 0..300 {
+                let sub = dir.path().join(format!("volume-{i}"));
+                std::fs::create_dir(&sub).unwrap();
+                std::fs::write(sub.join("data"), b"x").unwrap();
+            }
+            assert_eq!(usage(dir.path(), u64::MAX).unwrap().entries, 600);
+            let limits = Limits::default();
+            assert_eq!(over_limits(dir.path(), &limits), None);
+            let mut held = Vec::new();
+            while let Ok(file) = std::fs::File::open("/dev/null") {
+                held.push(file);
+            }
+            let over = over_limits(dir.path(), &limits).expect("fails closed");
+            assert!(over.contains("cannot be measured"), "{over}");
+            drop(held);
+            println!("child passed");
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child
+            .args([
+                "--exact",
+                "caps::state::tests::measuring_needs_few_descriptors_and_fails_closed_without_them",
+            ])
+            .args(["--nocapture", "--test-threads=1"])
+            .env(CHILD, "1");
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            child.pre_exec(|| {
+                let limit = rustix::process::Rlimit {
+                    current: Some(48),
+                    maximum: Some(48),
+                };
+                rustix::process::setrlimit(rustix::process::Resource::Nofile, limit)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("child passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

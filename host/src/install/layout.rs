@@ -50,12 +50,14 @@ pub fn write_version(driver_dir: &Path, driver: &str, component: &Path) -> Resul
         .create(&version)
         .map_err(|e| io(&format!("cannot write in {}", driver_dir.display()), e))?;
     let me = std::env::current_exe().map_err(|e| io("find the flex executable", e))?;
-    let written = fs::copy(&me, version.join(driver))
+    let written = copy_file(&me, &version.join(driver), 0o755)
         .map_err(|e| io("copy flex", e))
-        .and_then(|_| {
-            fs::copy(component, version.join(format!("{driver}.wasm")))
+        .and_then(|()| {
+            copy_file(component, &version.join(format!("{driver}.wasm")), 0o644)
                 .map_err(|e| io(&format!("cannot read component {}", component.display()), e))
-        });
+        })
+        // The files and their names are on disk before `activate` points anything at them.
+        .and_then(|()| sync_dir(&version).map_err(|e| io("sync the new version", e)));
     match written {
         Ok(_) => Ok(name),
         Err(e) => {
@@ -63,6 +65,33 @@ pub fn write_version(driver_dir: &Path, driver: &str, component: &Path) -> Resul
             Err(e)
         }
     }
+}
+
+/// Copies `from` into a new file `to` with exactly `mode` (never the source's bits: a `0666` or
+/// setuid source must not become a root-owned file others can write or run as root), synced.
+pub(crate) fn copy_file(from: &Path, to: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut source = fs::File::open(from)?;
+    let mut copy = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    let copied = (|| {
+        // Set on the descriptor, so the umask neither widens nor narrows it.
+        copy.set_permissions(fs::Permissions::from_mode(mode))?;
+        std::io::copy(&mut source, &mut copy)?;
+        copy.sync_all()
+    })();
+    if copied.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    copied
+}
+
+/// `fsync` of a directory: the entries created or renamed in it are on disk.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 /// The component of a version (or of the driver directory's current version).
@@ -107,6 +136,8 @@ pub fn activate(driver_dir: &Path, version: &str, driver: &str) -> Result<Option
     replace_link(driver_dir, driver, &current.join(driver))?;
     let wasm = format!("{driver}.wasm");
     replace_link(driver_dir, &wasm, &current.join(&wasm))?;
+    // Best effort: the switch is done (a failure here must not undo it), this makes it durable.
+    let _ = sync_dir(driver_dir);
     Ok(previous)
 }
 
