@@ -719,12 +719,16 @@ fn compile(_engine: &Engine, component: &File, cache: &Cache) -> Result<(), Stri
 fn run_compiler(component: &File, flag: &str, fd: std::os::fd::BorrowedFd) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let compiler = compiler_path()?;
+    let found = compiler()?;
+    let compiler = &found.path;
     let io = |e: std::io::Error| format!("cannot run the compiler {}: {e}", compiler.display());
     // A duplicate (`try_clone` never returns 0-2) whose close-on-exec flag the child clears.
     let dir = fd.try_clone_to_owned().map_err(io)?;
     let raw = dir.as_raw_fd();
-    let mut command = Command::new(&compiler);
+    // The checked descriptor itself is executed; it stays open (without close-on-exec) in
+    // the child, so a script's interpreter can read it too.
+    let program_fd = found.descriptor();
+    let mut command = Command::new(found.program());
     command
         .arg(flag)
         .arg(raw.to_string())
@@ -734,8 +738,10 @@ fn run_compiler(component: &File, flag: &str, fd: std::os::fd::BorrowedFd) -> Re
     // SAFETY: fcntl is async-signal-safe and touches only our own descriptor.
     unsafe {
         command.pre_exec(move || {
-            if nix::libc::fcntl(raw, nix::libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
+            for fd in std::iter::once(raw).chain(program_fd) {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -781,9 +787,12 @@ fn run_compiler(component: &File, flag: &str, fd: std::os::fd::BorrowedFd) -> Re
 /// rejected artifact by itself, e.g. after a node's CPU changed. A compiler found (not named
 /// by `FLEX_COMPILER`) runs as root: it is used only if [`trusted_compiler`] accepts it.
 #[cfg(not(feature = "compiler"))]
-pub fn compiler_path() -> Result<PathBuf, String> {
+pub fn compiler() -> Result<Compiler, String> {
     if let Some(path) = std::env::var_os("FLEX_COMPILER") {
-        return Ok(path.into());
+        return Ok(Compiler {
+            path: path.into(),
+            opened: None,
+        });
     }
     let exe = std::env::current_exe().map_err(|e| format!("find the flex executable: {e}"))?;
     let beside = exe.with_file_name(COMPILER);
@@ -802,8 +811,13 @@ pub fn compiler_path() -> Result<PathBuf, String> {
     let mut refused = Vec::new();
     for path in [Some(beside.clone()), in_plugin_dir].into_iter().flatten() {
         match trusted_compiler(&path) {
-            Ok(true) => return Ok(path),
-            Ok(false) => {}
+            Ok(Some(file)) => {
+                return Ok(Compiler {
+                    path,
+                    opened: Some(file),
+                });
+            }
+            Ok(None) => {}
             Err(why) => refused.push(format!("{} refused: {why}", path.display())),
         }
     }
@@ -818,17 +832,51 @@ pub fn compiler_path() -> Result<PathBuf, String> {
     ))
 }
 
-/// Whether `path` is a compiler root may run: `Ok(false)` if there is none, an error if there
-/// is one that others could have written. The file (not a symlink) and its directory must be
-/// owned by root or the euid and not writable by group or others.
+/// The compiler to run: named by `FLEX_COMPILER` (the caller's choice, run by path), or found
+/// and then checked on the descriptor that is run (a file swapped in after the check is never
+/// the one executed).
 #[cfg_attr(feature = "compiler", allow(dead_code))]
-fn trusted_compiler(path: &Path) -> Result<bool, String> {
-    let file = match std::fs::symlink_metadata(path) {
+pub struct Compiler {
+    pub path: PathBuf,
+    opened: Option<File>,
+}
+
+#[cfg_attr(feature = "compiler", allow(dead_code))]
+impl Compiler {
+    /// What to exec or copy: the checked descriptor (`/proc/self/fd/N`, resolved when it is
+    /// opened, so it is valid while `self` lives), else the path.
+    pub fn program(&self) -> PathBuf {
+        match &self.opened {
+            Some(file) => PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            None => self.path.clone(),
+        }
+    }
+
+    fn descriptor(&self) -> Option<std::os::fd::RawFd> {
+        self.opened.as_ref().map(|file| file.as_raw_fd())
+    }
+}
+
+/// Opens `path` if it is a compiler root may run: `Ok(None)` if there is none, an error if
+/// there is one that others could have written. The file (opened without following a
+/// symlink, checked on that descriptor) and its directory must be owned by root or the euid
+/// and not writable by group or others.
+#[cfg_attr(feature = "compiler", allow(dead_code))]
+fn trusted_compiler(path: &Path) -> Result<Option<File>, String> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path);
+    let file = match opened {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
+            return Err("a symbolic link, not a regular file".into());
+        }
         Err(e) => return Err(e.to_string()),
     };
-    if !file.is_file() {
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
         return Err("not a regular file".into());
     }
     let dir = path
@@ -837,7 +885,7 @@ fn trusted_compiler(path: &Path) -> Result<bool, String> {
         .unwrap_or(Path::new("."));
     let dir = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let euid = nix::unistd::geteuid().as_raw();
-    for (what, meta) in [("it", &file), ("its directory", &dir)] {
+    for (what, meta) in [("it", &meta), ("its directory", &dir)] {
         if meta.uid() != 0 && meta.uid() != euid {
             return Err(format!("{what} is owned by uid {}", meta.uid()));
         }
@@ -848,7 +896,7 @@ fn trusted_compiler(path: &Path) -> Result<bool, String> {
             ));
         }
     }
-    Ok(true)
+    Ok(Some(file))
 }
 
 /// Compiles the component open as `component` into the cache directory `dir`: reads it once,
@@ -1017,10 +1065,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         chmod(dir.path(), 0o755);
         let compiler = dir.path().join(COMPILER);
-        assert_eq!(trusted_compiler(&compiler), Ok(false), "none there");
+        assert!(trusted_compiler(&compiler).unwrap().is_none(), "none there");
         std::fs::write(&compiler, b"#!/bin/sh\n").unwrap();
         chmod(&compiler, 0o755);
-        assert_eq!(trusted_compiler(&compiler), Ok(true));
+        assert!(trusted_compiler(&compiler).unwrap().is_some());
         for mode in [0o777, 0o775, 0o757, 0o666] {
             chmod(&compiler, mode);
             let refused = trusted_compiler(&compiler).unwrap_err();
@@ -1038,6 +1086,15 @@ mod tests {
                 .unwrap_err()
                 .contains("regular file")
         );
+        // What runs is the descriptor that was checked, not whatever the path names later.
+        let checked = trusted_compiler(&compiler).unwrap();
+        std::fs::write(dir.path().join("other"), b"#!/bin/sh\necho swapped\n").unwrap();
+        std::fs::rename(dir.path().join("other"), &compiler).unwrap();
+        let found = Compiler {
+            path: compiler.clone(),
+            opened: checked,
+        };
+        assert_eq!(std::fs::read(found.program()).unwrap(), b"#!/bin/sh\n");
     }
 
     #[test]

@@ -444,9 +444,9 @@ fn install_compiler(_plugin_dir: &Path) -> Result<(), String> {
 
 #[cfg(not(feature = "compiler"))]
 fn install_compiler(plugin_dir: &Path) -> Result<(), String> {
-    let compiler = artifact::compiler_path()?;
+    let compiler = artifact::compiler()?;
     let target = plugin_dir.join(artifact::PLUGIN_DIR_COMPILER);
-    if compiler == target {
+    if compiler.path == target {
         return Ok(());
     }
     let temp = plugin_dir.join(format!(
@@ -456,7 +456,7 @@ fn install_compiler(plugin_dir: &Path) -> Result<(), String> {
     ));
     let _ = fs::remove_file(&temp); // left by a crashed install that had this pid
     // Mode 0755 whatever the source's: root runs this copy.
-    layout::copy_file(&compiler, &temp, 0o755)
+    layout::copy_file(&compiler.program(), &temp, 0o755)
         .and_then(|()| fs::rename(&temp, &target))
         .map_err(|e| {
             let _ = fs::remove_file(&temp);
