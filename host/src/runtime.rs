@@ -368,8 +368,9 @@ impl Watchdog {
 /// the reply, so it leaves the instance and the artifact to the kernel: unmapping a large
 /// component's linear memories and mapping, with TLB shootdowns while the call's other threads
 /// still run, and freeing its metadata cost a Python driver roughly 0.5 ms per call (`make
-/// bench`, its exec + exit phase over the Rust driver's, in runs before and after). Nothing in the store has a `Drop` with effects beyond memory: audit
-/// and log lines are written when they happen. A long-running caller drops both as usual.
+/// bench`, its exec + exit phase over the Rust driver's, in runs before and after). Nothing in
+/// the store has a `Drop` with effects beyond memory: audit and log lines are written when
+/// they happen. A long-running caller drops both as usual.
 fn finish(
     mut store: Store<CallState>,
     component: Component,

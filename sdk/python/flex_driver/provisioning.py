@@ -36,7 +36,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from . import _failure_for
+from . import NotSupported, _failure_for
 
 __all__ = [
     "AccessMode",
@@ -113,14 +113,10 @@ class Provisioner:
 
     def provision(self, request: ProvisionRequest) -> Provisioned:
         """Creates the volume `request.name`, or returns the one that already exists."""
-        from . import NotSupported
-
         raise NotSupported()
 
     def delete(self, name: str, options: Dict[str, str]) -> None:
         """Deletes the volume `name`; one that no longer exists is success."""
-        from . import NotSupported
-
         raise NotSupported()
 
 
