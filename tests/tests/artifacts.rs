@@ -531,6 +531,106 @@ fn concurrent_first_calls_compile_once() {
     assert_eq!((lock.uid(), lock.mode() & 0o7777), (0, 0o600));
 }
 
+/// Is process `pid` gone (or a zombie nobody has reaped yet)?
+fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => true,
+    }
+}
+
+/// Writes an executable `sh` script at `node`'s `bin/<name>` that stands in for flex-compile.
+fn compiler_script(node: &Node, name: &str, body: &str) -> PathBuf {
+    let bin = node.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join(name);
+    std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// A compile runs as root for as long as it takes: it gets a memory limit that grows with the
+/// component, it dies with the `flex` that started it (kubelet killing a slow call must not
+/// leave a root compiler running), and running out of memory is reported as such.
+#[test]
+fn a_compiler_is_memory_bounded_and_dies_with_flex() {
+    let (node, driver) = tmpfs_node();
+    // Records its data limit (KiB) and its pid, then hangs as a slow compile would.
+    let slow = compiler_script(
+        &node,
+        "slow-compile",
+        r#"ulimit -d > "$0.limit"; echo $$ > "$0.tmp"; mv "$0.tmp" "$0.pid"; exec sleep 60"#,
+    );
+    let mut call = node
+        .command(&driver, &["init"])
+        .env("FLEX_COMPILER", &slow)
+        .spawn()
+        .expect("exec flex");
+    let pid_file = slow.with_extension("pid");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compiler never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let compiler: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    call.kill().unwrap();
+    call.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !exited(compiler) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let survived = !exited(compiler);
+    if survived {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(compiler),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(!survived, "the compiler outlived the killed flex");
+
+    // 512 MiB plus 24 bytes per byte of component (host/src/artifact.rs), in KiB.
+    let component = node.path("plugins/flex~tmpfs/tmpfs.wasm");
+    let expected = ((512u64 << 20) + 24 * component.metadata().unwrap().len()) / 1024;
+    let limit = std::fs::read_to_string(slow.with_extension("limit")).unwrap();
+    assert_eq!(
+        limit.trim(),
+        expected.to_string(),
+        "RLIMIT_DATA of the compiler"
+    );
+
+    // What Rust's allocator prints before it aborts on a refused allocation.
+    let hungry = compiler_script(
+        &node,
+        "hungry-compile",
+        r#"echo "memory allocation of 1048576 bytes failed" >&2; kill -ABRT $$"#,
+    );
+    let out = node
+        .command(&driver, &["init"])
+        .env("FLEX_COMPILER", &hungry)
+        .output()
+        .expect("exec flex");
+    let message = Output::from(out).failure();
+    assert!(
+        message.contains("needed more than its memory limit")
+            && message.contains(&format!("{} MiB", expected >> 10)),
+        "{message}"
+    );
+    assert!(node.artifacts().is_empty());
+}
+
 #[test]
 fn a_development_run_from_a_world_writable_dir_ignores_artifacts_there() {
     require_root();
