@@ -225,6 +225,20 @@ impl Drop for Node {
     }
 }
 
+/// Has process `pid` exited (gone, or a zombie nobody has reaped yet)?
+pub fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => true,
+    }
+}
+
 /// Detaches every mount under `root`, deepest first (test cleanup; errors ignored).
 pub fn unmount_all_under(root: &Path) {
     let mut leftovers: Vec<_> = mounts_under(root).into_iter().map(|m| m.path).collect();

@@ -531,20 +531,6 @@ fn concurrent_first_calls_compile_once() {
     assert_eq!((lock.uid(), lock.mode() & 0o7777), (0, 0o600));
 }
 
-/// Is process `pid` gone (or a zombie nobody has reaped yet)?
-fn exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => true,
-    }
-}
-
 /// Writes an executable `sh` script at `node`'s `bin/<name>` that stands in for flex-compile.
 fn compiler_script(node: &Node, name: &str, body: &str) -> PathBuf {
     let bin = node.path("bin");
