@@ -67,6 +67,8 @@ pub fn require_root() {
 /// One node's worth of directories, removed (and anything mounted under it unmounted) on drop.
 pub struct Node {
     root: tempfile::TempDir,
+    /// Set by `install_sharing_artifacts`: the cache every such node uses.
+    shared_cache: std::sync::OnceLock<PathBuf>,
 }
 
 /// What one exec of the driver produced.
@@ -141,7 +143,10 @@ impl Node {
         for dir in ["plugins", "policy", "log", "pods"] {
             std::fs::create_dir_all(root.path().join(dir)).unwrap();
         }
-        Node { root }
+        Node {
+            root,
+            shared_cache: std::sync::OnceLock::new(),
+        }
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {
@@ -150,6 +155,14 @@ impl Node {
 
     /// Installs `component` as `<plugindir>/<vendor~driver>/<driver>`, as kubelet expects it.
     pub fn install(&self, vendor_driver: &str, component: &Path) -> PathBuf {
+        let (executable, wasm) = self.install_executable(vendor_driver);
+        std::fs::copy(component, wasm).unwrap();
+        executable
+    }
+
+    /// `<plugins>/<vendor~driver>/<driver>` linked to flex; returns it and the path of its
+    /// `<driver>.wasm`.
+    fn install_executable(&self, vendor_driver: &str) -> (PathBuf, PathBuf) {
         let driver = vendor_driver.rsplit('~').next().unwrap();
         let dir = self.path("plugins").join(vendor_driver);
         std::fs::create_dir_all(&dir).unwrap();
@@ -157,7 +170,20 @@ impl Node {
         // A symlink, one of the two supported layouts. A copy written while another test
         // thread forks would fail exec with ETXTBSY (the child inherits the open file).
         std::os::unix::fs::symlink(flex_binary(), &executable).unwrap();
-        std::fs::copy(component, dir.join(format!("{driver}.wasm"))).unwrap();
+        (executable, dir.join(format!("{driver}.wasm")))
+    }
+
+    /// `install`, except that `<driver>.wasm` is a symlink to `component` itself and the node's
+    /// artifact cache is one that every such node shares (`shared-artifacts` in
+    /// `root_only_base()`): the same file keeps its identity, so a large component (the Python
+    /// and JavaScript drivers take 10-20 s of Cranelift each) is compiled once per build
+    /// instead of once per test. Tests of compiling and of the cache use `install`.
+    pub fn install_sharing_artifacts(&self, vendor_driver: &str, component: &Path) -> PathBuf {
+        let (executable, wasm) = self.install_executable(vendor_driver);
+        std::os::unix::fs::symlink(component.canonicalize().unwrap(), wasm).unwrap();
+        let _ = self
+            .shared_cache
+            .set(root_only_base().join("shared-artifacts"));
         executable
     }
 
@@ -673,7 +699,10 @@ pub fn kubelet_unbind(dir: &Path) {
 impl Node {
     /// The node's artifact cache (`FLEX_CACHE_DIR` of every call), created by flex on first use.
     pub fn cache_dir(&self) -> PathBuf {
-        self.path("cache")
+        match self.shared_cache.get() {
+            Some(shared) => shared.clone(),
+            None => self.path("cache"),
+        }
     }
 
     /// The compiled artifacts (`*.cwasm`) in the node's cache, sorted.

@@ -18,7 +18,7 @@ fn policy(node: &Node) -> String {
 fn hostpath_node() -> (Node, PathBuf) {
     require_root();
     let node = Node::new();
-    let driver = node.install(NAME, &script_guest("flex_hostpath_py"));
+    let driver = node.install_sharing_artifacts(NAME, &script_guest("flex_hostpath_py"));
     node.set_policy(NAME, &policy(&node));
     (node, driver)
 }
@@ -178,7 +178,7 @@ fn an_uncaught_exception_is_a_failure_naming_it() {
 fn without_a_policy_nothing_is_mounted() {
     require_root();
     let node = Node::new();
-    let driver = node.install(NAME, &script_guest("flex_hostpath_py"));
+    let driver = node.install_sharing_artifacts(NAME, &script_guest("flex_hostpath_py"));
     let dir = node.volume_dir(NAME, "pod-nopolicy", "data");
     // No policy: no [config] to name the volumes, no /state, no bind.
     let message = mount(&node, &driver, &dir, "pv-n").failure();
