@@ -3,7 +3,7 @@
 # guests), beside them in $TARGET/wasm32-wasip2/release/ ($TARGET = CARGO_TARGET_DIR, default
 # target/):
 #   flex_hostpath_py.wasm   plugins/hostpath-py, componentize-py, world mount-provisioning-driver
-#   flex_tmpfs_js.wasm      plugins/tmpfs-js,    componentize-js, world mount-driver
+#   flex_tmpfs_js.wasm      plugins/tmpfs-js,    componentize-js, world mount-provisioning-driver
 # Installs the pinned toolchains when missing: componentize-py 0.25.1 (pip, into a venv at
 # $TARGET/guest-tools/python) and componentize-js 0.23.0 (npm ci from sdk/js's lock file, into
 # sdk/js/node_modules). Needs python3 (with venv and pip) and node/npm. A component is rebuilt
@@ -52,5 +52,5 @@ if stale "$out/flex_hostpath_py.wasm" plugins/hostpath-py sdk/python wit; then
     sdk/python/build.sh --world mount-provisioning-driver plugins/hostpath-py hostpath "$out/flex_hostpath_py.wasm"
 fi
 if stale "$out/flex_tmpfs_js.wasm" plugins/tmpfs-js sdk/js wit; then
-  build flex_tmpfs_js node sdk/js/build.mjs --world mount-driver plugins/tmpfs-js/tmpfs.js "$out/flex_tmpfs_js.wasm"
+  build flex_tmpfs_js node sdk/js/build.mjs --world mount-provisioning-driver plugins/tmpfs-js/tmpfs.js "$out/flex_tmpfs_js.wasm"
 fi

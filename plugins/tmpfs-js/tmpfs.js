@@ -10,10 +10,20 @@
 // Options: `size` (bytes, or a Kubernetes quantity such as `64Mi` or `1G`; default 64Mi, at
 // most 1Ti); `inodes` (the tmpfs's nr_inodes); `readOnly: true` mounts it read-only. The pod's
 // fsGroup owns the root, set-group-id, so new files inherit the group.
+//
+// Provisioning (world `mount-provisioning-driver`, for `flex provisioner`): a StorageClass
+// naming `flex/tmpfs-js` gives each claim a PersistentVolume whose options record its size
+// (the request rounded up to whole MiB) and the class's `inodes` parameter. Every pod's mount of
+// that PV is a fresh tmpfs of that size: a scratch volume whose capacity the scheduler and
+// quotas see, not storage that keeps data after its mount. Nothing exists outside the mounts,
+// so `delete` has nothing to remove.
 
 import { Capabilities, Driver, DriverError, exportDriver, parseQuantity } from '../../sdk/js/flex-driver.js';
 import * as log from '../../sdk/js/log.js';
 import * as mounts from '../../sdk/js/mounts.js';
+import {
+  Provisioned, Provisioner, ProvisionerInfo, exportProvisioning,
+} from '../../sdk/js/provisioning.js';
 
 const DEFAULT_SIZE = 64n << 20n;
 // Larger is almost certainly a typo: tmpfs pages come out of the node's memory.
@@ -64,4 +74,38 @@ class Tmpfs extends Driver {
   }
 }
 
+const MIB = 1n << 20n;
+
+class SizedScratch extends Provisioner {
+  describe() {
+    // One tmpfs per mount: two pods never share its contents, so ReadWriteOnce only.
+    return new ProvisionerInfo({ parameters: ['inodes'] });
+  }
+
+  provision(request) {
+    const requested = request.requestedBytes > 0n ? request.requestedBytes : 1n;
+    const bytes = ((requested + MIB - 1n) / MIB) * MIB;
+    if (bytes > MAX_SIZE) throw new DriverError(`${requested} bytes is over this driver's 1Ti per volume`);
+    if (request.limitBytes !== undefined && bytes > request.limitBytes) {
+      throw new DriverError(
+        `the claim's limit of ${request.limitBytes} bytes is under ${bytes}, its request rounded up to whole MiB`,
+      );
+    }
+    const options = { size: String(bytes) };
+    const inodes = request.parameters.get('inodes');
+    if (inodes !== undefined) {
+      if (!/^[1-9][0-9]{0,18}$/.test(inodes)) {
+        throw new DriverError(`StorageClass parameter inodes ${JSON.stringify(inodes)}: expected a positive integer`);
+      }
+      options.inodes = inodes;
+    }
+    return new Provisioned(bytes, options);
+  }
+
+  delete(name, options) {
+    log.info(`${name}: nothing to delete (a tmpfs lives only while it is mounted)`);
+  }
+}
+
 export const verbs = exportDriver(Tmpfs);
+export const provisioning = exportProvisioning(SizedScratch);

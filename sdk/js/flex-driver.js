@@ -207,24 +207,30 @@ function describe(error) {
   }
 }
 
+/** The WIT `error` an exception thrown out of `verb` becomes (an uncaught one is logged with
+ * its stack). For the SDK's own modules (`./provisioning.js`): a driver throws instead. */
+export function errorFor(verb, error) {
+  if (error instanceof NotSupported) {
+    return { tag: 'not-supported' };
+  }
+  if (error instanceof DriverError) {
+    return { tag: 'failure', val: error.message || 'failed' };
+  }
+  try {
+    log.error(`${verb}: uncaught ${describe(error)}\n${error?.stack ?? ''}`);
+  } catch {
+    // The reply matters more than the log line.
+  }
+  return { tag: 'failure', val: describe(error) };
+}
+
 function call(DriverClass, verb, args) {
   const [shape, returns] = VERBS[verb];
   try {
     const converted = args.map((a, i) => (shape[i] === 'o' ? Options.fromWit(a) : a));
     return result(verb, returns, new DriverClass()[verb](...converted));
   } catch (error) {
-    if (error instanceof NotSupported) {
-      throw { tag: 'not-supported' };
-    }
-    if (error instanceof DriverError) {
-      throw { tag: 'failure', val: error.message || 'failed' };
-    }
-    try {
-      log.error(`${verb}: uncaught ${describe(error)}\n${error?.stack ?? ''}`);
-    } catch {
-      // The reply matters more than the log line.
-    }
-    throw { tag: 'failure', val: describe(error) };
+    throw errorFor(verb, error);
   }
 }
 

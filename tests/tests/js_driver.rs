@@ -1,7 +1,8 @@
 //! The JavaScript driver `flex~tmpfs-js` (plugins/tmpfs-js, written against sdk/js and built
-//! by componentize-js for the `mount-driver` world, every WASI feature off) through the real
-//! `flex` binary, with kubelet's argv and option JSON, on real tmpfs mounts checked in
-//! /proc/self/mountinfo. Build it with `scripts/build-guests.sh` (`make build` runs it).
+//! by componentize-js for the `mount-provisioning-driver` world, every WASI feature off) through
+//! the real `flex` binary, with kubelet's argv and option JSON, on real tmpfs mounts checked in
+//! /proc/self/mountinfo (its provisioning: provisioning.rs). Build it with
+//! `scripts/build-guests.sh` (`make build` runs it).
 
 use flex_tests::*;
 use std::os::unix::fs::MetadataExt;
@@ -12,7 +13,7 @@ const NAME: &str = "flex~tmpfs-js";
 fn tmpfs_js_node() -> (Node, PathBuf) {
     require_root();
     let node = Node::new();
-    let driver = node.install(NAME, &script_guest("flex_tmpfs_js"));
+    let driver = node.install_sharing_artifacts(NAME, &script_guest("flex_tmpfs_js"));
     node.set_policy(NAME, &shipped_policy("tmpfs-js"));
     (node, driver)
 }
@@ -180,7 +181,7 @@ fn a_host_refusal_is_a_failure_with_the_hosts_text() {
 fn without_a_policy_nothing_is_mounted() {
     require_root();
     let node = Node::new();
-    let driver = node.install(NAME, &script_guest("flex_tmpfs_js"));
+    let driver = node.install_sharing_artifacts(NAME, &script_guest("flex_tmpfs_js"));
     let dir = node.volume_dir(NAME, "pod-nopolicy", "scratch");
     let message = mount(&node, &driver, &dir, &[]).failure();
     assert!(message.starts_with("denied: "), "{message}");
@@ -217,7 +218,8 @@ fn inspect_shows_only_the_worlds_imports() {
         .map(|i| i["name"].as_str().unwrap())
         .collect();
     imports.sort();
-    // The `mount-driver` world and nothing else: no WASI at all, no block devices, no programs.
+    // The `mount-provisioning-driver` world and nothing else: no WASI at all, no block devices,
+    // no programs.
     assert_eq!(
         imports,
         [
@@ -227,7 +229,10 @@ fn inspect_shows_only_the_worlds_imports() {
             "flex:volume/types@0.1.0"
         ]
     );
-    assert_eq!(report["exports"], json!(["flex:volume/verbs@0.1.0"]));
+    assert_eq!(
+        report["exports"],
+        json!(["flex:volume/provisioning@0.1.0", "flex:volume/verbs@0.1.0"])
+    );
     assert_eq!(report["not_granted"], json!([]));
     assert_eq!(report["unused_grants"], json!([]));
     assert_eq!(report["would_not_link"], json!([]));

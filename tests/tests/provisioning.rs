@@ -183,6 +183,14 @@ fn with_parameters(mut request: ProvisionRequest, parameters: &[(&str, &str)]) -
     request
 }
 
+fn assert_read_write_once_only(info: &ProvisionerInfo) {
+    assert!(
+        matches!(info.access_modes.as_slice(), [AccessMode::ReadWriteOnce]),
+        "{:?}",
+        info.access_modes
+    );
+}
+
 fn pairs(options: &[(&str, &str)]) -> Vec<(String, String)> {
     options
         .iter()
@@ -245,11 +253,7 @@ fn images(driver: &Installed) -> Vec<(String, u64)> {
 fn loop_provision_is_rounded_idempotent_and_deleted() {
     let d = loop_driver("loop-a");
     let info = d.describe();
-    assert!(
-        matches!(info.access_modes.as_slice(), [AccessMode::ReadWriteOnce]),
-        "{:?}",
-        info.access_modes
-    );
+    assert_read_write_once_only(&info);
     assert_eq!(info.parameters, ["fsType"]);
 
     let pv = "pvc-0b6a3c1e-1111-4000-8000-00000000000a";
@@ -409,11 +413,7 @@ fn entries(dir: &Path) -> Vec<String> {
 fn hostpath_py_provision_is_idempotent_checked_usable_and_deleted() {
     let (d, volumes) = hostpath_driver("hp-a");
     let info = d.describe();
-    assert!(
-        matches!(info.access_modes.as_slice(), [AccessMode::ReadWriteOnce]),
-        "{:?}",
-        info.access_modes
-    );
+    assert_read_write_once_only(&info);
     assert!(info.parameters.is_empty());
     assert!(info.node_local);
 
@@ -471,6 +471,78 @@ fn hostpath_py_provision_is_idempotent_checked_usable_and_deleted() {
     d.delete(pv, &provisioned.options).unwrap();
     let error = d.delete("../../policy", &[]).unwrap_err();
     assert!(error.contains("not a valid directory name"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------
+// tmpfs (JavaScript)
+
+#[test]
+fn tmpfs_js_provision_records_a_rounded_size_that_mounts_enforce() {
+    let d = Installed::new("tj-a", "tmpfs-js", &script_guest("flex_tmpfs_js"), |_| {
+        shipped_policy("tmpfs-js")
+    });
+    let info = d.describe();
+    assert_read_write_once_only(&info);
+    assert_eq!(info.parameters, ["inodes"]);
+    assert!(!info.node_local);
+
+    // The request rounded up to whole MiB, and the class's inode count, recorded in the PV.
+    let pv = "pvc-0b6a3c1e-4444-4000-8000-00000000000b";
+    let claim = with_parameters(request(pv, 3 * MIB + 1), &[("inodes", "500")]);
+    let provisioned = d.provision(&claim).unwrap();
+    assert_eq!(provisioned.capacity_bytes, 4 * MIB);
+    let expected = pairs(&[("size", &(4 * MIB).to_string()), ("inodes", "500")]);
+    assert_eq!(provisioned.options, expected);
+    // A retry is the same answer.
+    let again = d.provision(&claim).unwrap();
+    assert_eq!(
+        (again.capacity_bytes, again.options),
+        (provisioned.capacity_bytes, expected)
+    );
+
+    // Each refusal is a Failure with the driver's text, not an exception's type.
+    let refused = [
+        (
+            with_parameters(request("pvc-i", MIB), &[("inodes", "-1")]),
+            "StorageClass parameter inodes \"-1\": expected a positive integer",
+        ),
+        (
+            ProvisionRequest {
+                limit_bytes: Some(MIB + 1),
+                ..request("pvc-l", MIB + 1)
+            },
+            "the claim's limit of 1048577 bytes is under 2097152",
+        ),
+        (
+            request("pvc-big", (1 << 40) + 1),
+            "1099511627777 bytes is over this driver's 1Ti per volume",
+        ),
+    ];
+    for (claim, why) in refused {
+        let error = d.provision(&claim).unwrap_err();
+        assert!(error.contains(why), "{}: {error}", claim.name);
+    }
+
+    // kubelet mounts the PV with the recorded options: a tmpfs of exactly that size.
+    let dir = d.dir.join("pods/pod-a/volumes/scratch");
+    std::fs::create_dir_all(&dir).unwrap();
+    d.run(&["mount", dir.to_str().unwrap(), &pv_json(pv, &provisioned)])
+        .success();
+    let mounted = mounts_at(&dir);
+    assert_eq!(mounted.len(), 1, "{mounted:?}");
+    for option in ["size=4096k", "nr_inodes=500", "nosuid", "nodev"] {
+        assert!(
+            mounted[0].options.iter().any(|o| o == option),
+            "{option} missing: {mounted:?}"
+        );
+    }
+    let err = std::fs::write(dir.join("too-big"), vec![7u8; 5 << 20]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC));
+    d.run(&["unmount", dir.to_str().unwrap()]).success();
+
+    // Nothing outside the mounts: delete succeeds, also when retried.
+    d.delete(pv, &provisioned.options).unwrap();
+    d.delete(pv, &provisioned.options).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -559,11 +631,7 @@ fn tag(volume: &Value, key: &str) -> Option<String> {
 fn ebs_provision_is_rounded_idempotent_and_deleted() {
     let n = ebs_driver("ebs-a");
     let info = n.driver.describe();
-    assert!(
-        matches!(info.access_modes.as_slice(), [AccessMode::ReadWriteOnce]),
-        "{:?}",
-        info.access_modes
-    );
+    assert_read_write_once_only(&info);
     for key in ["type", "iops", "zone", "encrypted", "fsType"] {
         assert!(info.parameters.iter().any(|p| p == key), "{key}: {info:?}");
     }

@@ -166,5 +166,9 @@ pub const JS: &[File] = &[
     repo!("vendor/flex-driver/host-error.js", "sdk/js/host-error.js"),
     repo!("vendor/flex-driver/log.js", "sdk/js/log.js"),
     repo!("vendor/flex-driver/mounts.js", "sdk/js/mounts.js"),
+    repo!(
+        "vendor/flex-driver/provisioning.js",
+        "sdk/js/provisioning.js"
+    ),
     repo!("wit/flex.wit", "wit/flex.wit"),
 ];
