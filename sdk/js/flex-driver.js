@@ -64,6 +64,12 @@ export class Capabilities {
   }
 }
 
+/** `m` as a Map: a Map as it is, a plain object by its entries (the SDK's constructors take
+ * either, so tests can write `{ size: '1Mi' }`). */
+export function asMap(m) {
+  return m instanceof Map ? m : new Map(Object.entries(m));
+}
+
 /** The option JSON kubelet passes, with the well-known keys parsed (empty strings from
  * kubelet are `undefined`). Every field has a default, so a unit test names only what it
  * needs: `new Options({ readOnly: true, extra: { size: '1Mi' } })`. */
@@ -80,7 +86,6 @@ export class Options {
     secrets = new Map(), // kubernetes.io/secret/<name>, decoded bytes (mount only)
     extra = new Map(), // every other key: the volume's own options
   } = {}) {
-    const asMap = (m) => (m instanceof Map ? m : new Map(Object.entries(m)));
     Object.assign(this, {
       fsType, readOnly, pvOrVolumeName, podName, podNamespace, podUid, serviceAccountName,
       fsGroup, secrets: asMap(secrets), extra: asMap(extra),

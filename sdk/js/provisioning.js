@@ -25,7 +25,7 @@
 // Errors are the verbs' (`DriverError`, `NotSupported`; anything else thrown becomes a
 // `Failure` naming it). Sizes are BigInt.
 
-import { NotSupported, errorFor } from './flex-driver.js';
+import { NotSupported, asMap, errorFor } from './flex-driver.js';
 
 /** A claim's access mode, by its Kubernetes name. */
 export const AccessMode = Object.freeze({
@@ -77,7 +77,6 @@ export class ProvisionRequest {
     selectedNode = undefined, // WaitForFirstConsumer: the node the scheduler chose
   }) {
     if (typeof name !== 'string') throw new TypeError('a ProvisionRequest needs a name');
-    const asMap = (m) => (m instanceof Map ? m : new Map(Object.entries(m)));
     Object.assign(this, {
       name, requestedBytes: BigInt(requestedBytes),
       limitBytes: limitBytes === undefined ? undefined : BigInt(limitBytes),
@@ -106,7 +105,7 @@ export class ProvisionRequest {
 export class Provisioned {
   constructor(capacityBytes, options = {}) {
     this.capacityBytes = BigInt(capacityBytes);
-    this.options = options instanceof Map ? options : new Map(Object.entries(options));
+    this.options = asMap(options);
   }
 }
 
