@@ -40,17 +40,18 @@
 //! `compiler` feature, the same wasmtime and the same [`config`]: the runtime execs it, found
 //! through `FLEX_COMPILER`, beside the running executable or as `<plugindir>/.flex-compile`
 //! (put there by `flex install`), with the opened component as stdin and the checked cache
-//! directory as an inherited descriptor.
+//! directory as an inherited descriptor. A compiler flex found itself is trusted like the cache
+//! (its directory reached by the same checked walk, `trusted_dir.rs`) and is executed through
+//! the descriptor that was checked (`compiler.rs`).
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat};
-use nix::sys::stat::{Mode, fstat, mkdirat};
+use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, unlinkat};
-use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::{Component as PathPart, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
@@ -81,7 +82,13 @@ pub const COMPILE_MEMORY_BASE: u64 = 512 << 20;
 pub const COMPILE_MEMORY_PER_BYTE: u64 = 24;
 const LOCK_FILE: &str = ".compile.lock";
 
+mod compiler;
 mod memory;
+mod trusted_dir;
+
+pub use compiler::trusted_compiler;
+#[cfg(not(feature = "compiler"))]
+pub use compiler::{Compiler, compiler};
 
 /// What an artifact is only valid for, besides the component's identity (see the module docs).
 /// wasmtime rejects a mismatch by itself; the key only makes a rebuild happen up front.
@@ -422,62 +429,16 @@ enum Found {
 }
 
 impl Cache {
-    /// Walks `cache_dir()` from `/`, one `openat(O_NOFOLLOW)` per component, checking each
-    /// directory on its descriptor; creates the missing ones `0700`.
+    /// `cache_dir()`, walked from `/` and checked on the way (see `trusted_dir`); the missing
+    /// directories are created `0700`.
     fn open() -> Result<Cache, Unusable> {
         let path = cache_dir();
-        let refuse = |why: String| {
-            Unusable::Refused(format!("refusing artifact cache {}: {why}", path.display()))
-        };
-        if !path.is_absolute() {
-            return Err(refuse("not an absolute path".into()));
-        }
-        let euid = nix::unistd::geteuid().as_raw();
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let mut dir =
-            nix::fcntl::open("/", flags, Mode::empty()).map_err(|e| refuse(format!("/: {e}")))?;
-        let mut walked = PathBuf::from("/");
-        let parts: Vec<&OsStr> = path
-            .components()
-            .filter_map(|part| match part {
-                PathPart::Normal(name) => Some(Ok(name)),
-                PathPart::ParentDir => Some(Err(())),
-                _ => None,
-            })
-            .collect::<Result<_, ()>>()
-            .map_err(|()| refuse("contains `..`".into()))?;
-        check_dir(&dir, &walked, euid, parts.is_empty()).map_err(&refuse)?;
-        for (i, name) in parts.iter().enumerate() {
-            walked.push(name);
-            let is_cache = i + 1 == parts.len();
-            let next = match openat(&dir, *name, flags, Mode::empty()) {
-                Err(Errno::ENOENT) => {
-                    match mkdirat(&dir, *name, Mode::from_bits_truncate(0o700)) {
-                        Ok(()) | Err(Errno::EEXIST) => {}
-                        Err(Errno::EROFS) => {
-                            return Err(Unusable::ReadOnly(format!(
-                                "cannot create {}: read-only file system",
-                                walked.display()
-                            )));
-                        }
-                        Err(e) => return Err(refuse(format!("create {}: {e}", walked.display()))),
-                    }
-                    openat(&dir, *name, flags, Mode::empty())
-                }
-                other => other,
-            };
-            dir = match next {
-                Ok(fd) => fd,
-                Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                    return Err(refuse(format!(
-                        "{} is a symlink or not a directory",
-                        walked.display()
-                    )));
-                }
-                Err(e) => return Err(refuse(format!("{}: {e}", walked.display()))),
-            };
-            check_dir(&dir, &walked, euid, is_cache).map_err(&refuse)?;
-        }
+        let dir = trusted_dir::open(&path, trusted_dir::Last::Cache).map_err(|e| match e {
+            Unusable::Refused(why) => {
+                Unusable::Refused(format!("refusing artifact cache {}: {why}", path.display()))
+            }
+            read_only => read_only,
+        })?;
         Ok(Cache { dir, path })
     }
 
@@ -650,30 +611,6 @@ impl Cache {
     }
 }
 
-/// A directory on the way to the cache: owned by root or us, not writable by group or others
-/// unless sticky (`/tmp`); the cache dir itself owned by us and not writable by others at all.
-fn check_dir(dir: &OwnedFd, path: &Path, euid: u32, is_cache: bool) -> Result<(), String> {
-    let stat = fstat(dir).map_err(|e| format!("{}: {e}", path.display()))?;
-    let others_write = stat.st_mode & 0o022 != 0;
-    let sticky = stat.st_mode & 0o1000 != 0;
-    let owner_ok = stat.st_uid == euid || (!is_cache && stat.st_uid == 0);
-    if !owner_ok {
-        return Err(format!(
-            "{} is owned by uid {}, not {euid}",
-            path.display(),
-            stat.st_uid
-        ));
-    }
-    if others_write && (is_cache || !sticky) {
-        return Err(format!(
-            "{} is writable by group or others (mode {:o})",
-            path.display(),
-            stat.st_mode & 0o7777
-        ));
-    }
-    Ok(())
-}
-
 /// The artifact's descriptor checks and its trailer, read with one small `pread`.
 fn checked_trailer(file: &File, identity: &Identity) -> Result<Trailer, String> {
     let meta = file.metadata().map_err(|e| e.to_string())?;
@@ -712,229 +649,11 @@ fn compile(engine: &Engine, component: &File, cache: &Cache) -> Result<(), Strin
 /// checked cache directory as descriptor N; then the artifact is looked up like any other.
 #[cfg(not(feature = "compiler"))]
 fn compile(_engine: &Engine, component: &File, cache: &Cache) -> Result<(), String> {
-    run_compiler(
+    compiler::run_compiler(
         component,
         "--cache-fd",
         std::os::fd::AsFd::as_fd(&cache.dir),
     )
-}
-
-/// Runs `flex-compile FLAG N` with the opened component as stdin and `fd` inherited as N,
-/// bounded by [`COMPILE_TIMEOUT`] and [`compile_memory_limit`], and killed with `flex`; its
-/// stderr becomes the error.
-#[cfg(not(feature = "compiler"))]
-fn run_compiler(component: &File, flag: &str, fd: std::os::fd::BorrowedFd) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let found = compiler()?;
-    let compiler = &found.path;
-    let io = |e: std::io::Error| format!("cannot run the compiler {}: {e}", compiler.display());
-    // A duplicate (`try_clone` never returns 0-2) whose close-on-exec flag the child clears.
-    let dir = fd.try_clone_to_owned().map_err(io)?;
-    let raw = dir.as_raw_fd();
-    // The checked descriptor itself is executed; it stays open (without close-on-exec) in
-    // the child, so a script's interpreter can read it too.
-    let program_fd = found.descriptor();
-    let component_bytes = component.metadata().map_err(io)?.len();
-    let memory_limit = compile_memory_limit(component_bytes);
-    let parent = std::process::id();
-    let mut command = Command::new(found.program());
-    command
-        .arg(flag)
-        .arg(raw.to_string())
-        .stdin(Stdio::from(component.try_clone().map_err(io)?))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // SAFETY: fcntl, prctl, getppid and setrlimit are async-signal-safe system calls on the
-    // child's own descriptors and attributes.
-    unsafe {
-        command.pre_exec(move || {
-            use nix::libc;
-            let check = |result: libc::c_int| match result {
-                -1 => Err(std::io::Error::last_os_error()),
-                _ => Ok(()),
-            };
-            for fd in std::iter::once(raw).chain(program_fd) {
-                check(libc::fcntl(fd, libc::F_SETFD, 0))?;
-            }
-            // A killed `flex` (kubelet gave up on the call) takes its compiler with it, so no
-            // root compile outlives the timeout; if it died before this line, stop here. This
-            // thread waits for the child, so the signal cannot fire early.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            let limit = libc::rlimit {
-                rlim_cur: memory_limit,
-                rlim_max: memory_limit,
-            };
-            check(libc::setrlimit(libc::RLIMIT_DATA, &limit))
-        });
-    }
-    let mut child = command.spawn().map_err(io)?;
-    drop(dir);
-    let stderr = child.stderr.take().expect("piped");
-    // Read while it runs (a full pipe would stall it), at most 64 KiB.
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ =
-            std::io::Read::read_to_string(&mut std::io::Read::take(stderr, 64 << 10), &mut text);
-        text
-    });
-    let deadline = Instant::now() + COMPILE_TIMEOUT;
-    let status = loop {
-        match child.try_wait().map_err(io)? {
-            Some(status) => break status,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "compiling the component took longer than {} s: refused",
-                    COMPILE_TIMEOUT.as_secs()
-                ));
-            }
-        }
-    };
-    let error = reader.join().unwrap_or_default();
-    if !status.success() {
-        return Err(match error.trim() {
-            "" => format!("{} failed ({status})", compiler.display()),
-            // Rust's allocator reports a refused allocation this way, then aborts.
-            error if error.contains("memory allocation of") => format!(
-                "compiling the component needed more than its memory limit ({} MiB for a {} \
-                 KiB component): refused",
-                memory_limit >> 20,
-                component_bytes >> 10
-            ),
-            error => error.to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// The compiler's `RLIMIT_DATA` for a component of `component_bytes`.
-#[cfg(not(feature = "compiler"))]
-fn compile_memory_limit(component_bytes: u64) -> u64 {
-    COMPILE_MEMORY_BASE.saturating_add(component_bytes.saturating_mul(COMPILE_MEMORY_PER_BYTE))
-}
-
-/// `FLEX_COMPILER`, else `flex-compile` beside the running executable, else, for an installed
-/// driver (`<plugindir>/<vendor~driver>/.version-<id>/<driver>`), the copy `flex install` keeps
-/// in the plugin dir (`<plugindir>/.flex-compile`), so an installed driver can rebuild a
-/// rejected artifact by itself, e.g. after a node's CPU changed. A compiler found (not named
-/// by `FLEX_COMPILER`) runs as root: it is used only if [`trusted_compiler`] accepts it.
-#[cfg(not(feature = "compiler"))]
-pub fn compiler() -> Result<Compiler, String> {
-    if let Some(path) = std::env::var_os("FLEX_COMPILER") {
-        return Ok(Compiler {
-            path: path.into(),
-            opened: None,
-        });
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("find the flex executable: {e}"))?;
-    let beside = exe.with_file_name(COMPILER);
-    // Only from the installed layout: a `flex` run from anywhere else (`/tmp/x/flex`) must not
-    // exec whatever `.flex-compile` sits two directories up.
-    let installed = exe.parent().filter(|dir| {
-        dir.file_name().is_some_and(|name| {
-            name.to_string_lossy()
-                .starts_with(crate::install::VERSION_PREFIX)
-        })
-    });
-    let in_plugin_dir = installed
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .map(|plugin_dir| plugin_dir.join(PLUGIN_DIR_COMPILER));
-    let mut refused = Vec::new();
-    for path in [Some(beside.clone()), in_plugin_dir].into_iter().flatten() {
-        match trusted_compiler(&path) {
-            Ok(Some(file)) => {
-                return Ok(Compiler {
-                    path,
-                    opened: Some(file),
-                });
-            }
-            Ok(None) => {}
-            Err(why) => refused.push(format!("{} refused: {why}", path.display())),
-        }
-    }
-    let why = match refused.is_empty() {
-        true => format!("{} is missing", beside.display()),
-        false => refused.join("; "),
-    };
-    Err(format!(
-        "the component has no compiled artifact and there is no compiler to build one \
-         ({why}): reinstall the driver with `flex install`, which precompiles it, \
-         or set FLEX_COMPILER"
-    ))
-}
-
-/// The compiler to run: named by `FLEX_COMPILER` (the caller's choice, run by path), or found
-/// and then checked on the descriptor that is run (a file swapped in after the check is never
-/// the one executed).
-#[cfg_attr(feature = "compiler", allow(dead_code))]
-pub struct Compiler {
-    pub path: PathBuf,
-    opened: Option<File>,
-}
-
-#[cfg_attr(feature = "compiler", allow(dead_code))]
-impl Compiler {
-    /// What to exec or copy: the checked descriptor (`/proc/self/fd/N`, resolved when it is
-    /// opened, so it is valid while `self` lives), else the path.
-    pub fn program(&self) -> PathBuf {
-        match &self.opened {
-            Some(file) => PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-            None => self.path.clone(),
-        }
-    }
-
-    fn descriptor(&self) -> Option<std::os::fd::RawFd> {
-        self.opened.as_ref().map(|file| file.as_raw_fd())
-    }
-}
-
-/// Opens `path` if it is a compiler root may run: `Ok(None)` if there is none, an error if
-/// there is one that others could have written. The file (opened without following a
-/// symlink, checked on that descriptor) and its directory must be owned by root or the euid
-/// and not writable by group or others.
-#[cfg_attr(feature = "compiler", allow(dead_code))]
-fn trusted_compiler(path: &Path) -> Result<Option<File>, String> {
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path);
-    let file = match opened {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => {
-            return Err("a symbolic link, not a regular file".into());
-        }
-        Err(e) => return Err(e.to_string()),
-    };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let dir = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let euid = nix::unistd::geteuid().as_raw();
-    for (what, meta) in [("it", &meta), ("its directory", &dir)] {
-        if meta.uid() != 0 && meta.uid() != euid {
-            return Err(format!("{what} is owned by uid {}", meta.uid()));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "{what} is writable by group or others (mode {:o})",
-                meta.mode() & 0o7777
-            ));
-        }
-    }
-    Ok(Some(file))
 }
 
 /// Compiles the component open as `component` into the cache directory `dir`: reads it once,
@@ -1090,49 +809,6 @@ mod tests {
             other.0[field] += 1;
             assert_ne!(other.file_name(), name, "field {field}");
         }
-    }
-
-    /// A compiler found beside the executable or in the plugin dir runs as root: one that
-    /// others could have written (or replaced, in a writable directory) is refused.
-    #[test]
-    fn a_compiler_others_could_write_is_refused() {
-        use std::os::unix::fs::PermissionsExt;
-        let chmod = |path: &Path, mode: u32| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        chmod(dir.path(), 0o755);
-        let compiler = dir.path().join(COMPILER);
-        assert!(trusted_compiler(&compiler).unwrap().is_none(), "none there");
-        std::fs::write(&compiler, b"#!/bin/sh\n").unwrap();
-        chmod(&compiler, 0o755);
-        assert!(trusted_compiler(&compiler).unwrap().is_some());
-        for mode in [0o777, 0o775, 0o757, 0o666] {
-            chmod(&compiler, mode);
-            let refused = trusted_compiler(&compiler).unwrap_err();
-            assert!(refused.contains("writable"), "{mode:o}: {refused}");
-        }
-        chmod(&compiler, 0o755);
-        chmod(dir.path(), 0o1777);
-        let refused = trusted_compiler(&compiler).unwrap_err();
-        assert!(refused.contains("its directory"), "{refused}");
-        chmod(dir.path(), 0o755);
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&compiler, &link).unwrap();
-        assert!(
-            trusted_compiler(&link)
-                .unwrap_err()
-                .contains("regular file")
-        );
-        // What runs is the descriptor that was checked, not whatever the path names later.
-        let checked = trusted_compiler(&compiler).unwrap();
-        std::fs::write(dir.path().join("other"), b"#!/bin/sh\necho swapped\n").unwrap();
-        std::fs::rename(dir.path().join("other"), &compiler).unwrap();
-        let found = Compiler {
-            path: compiler.clone(),
-            opened: checked,
-        };
-        assert_eq!(std::fs::read(found.program()).unwrap(), b"#!/bin/sh\n");
     }
 
     #[test]

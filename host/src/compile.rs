@@ -7,7 +7,7 @@
 //! call of a component without an artifact run it, with descriptors they opened and checked;
 //! errors go to stderr, for `flex` to relay.
 
-#[allow(dead_code)] // the runtime half of the module is not used here
+#[allow(dead_code, unused_imports)] // the runtime half of the module is not used here
 mod artifact;
 
 use std::os::fd::BorrowedFd;

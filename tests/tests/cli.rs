@@ -981,9 +981,19 @@ fn doctor_on_a_healthy_and_a_broken_node() {
     }
     assert!(!out.stdout.contains("problem"), "{}", out.stdout);
 
-    // Broken: an invalid policy, a log dir others can write, a missing executable.
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("ok       compiler ")),
+        "{}",
+        out.stdout
+    );
+
+    // Broken: an invalid policy, a log dir others can write, a missing executable, a compiler
+    // others could replace (a driver would refuse to run it).
     node.set_policy("acme~tmpfs", "[mount]\nfs_type = []\n");
     std::fs::set_permissions(node.path("log"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&plugins, std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::remove_file(plugins.join("acme~tmpfs/tmpfs")).unwrap();
     let out = doctor();
     assert_eq!(out.code, 1, "{}", out.stdout);
@@ -996,6 +1006,11 @@ fn doctor_on_a_healthy_and_a_broken_node() {
         &format!(
             "problem  acme~tmpfs: {} is missing",
             plugins.join("acme~tmpfs/tmpfs").display()
+        ),
+        &format!(
+            "problem  compiler {} refused: {} is writable by group or others (mode 777)",
+            plugins.join(".flex-compile").display(),
+            plugins.display()
         ),
     ] {
         assert!(

@@ -76,7 +76,7 @@ fn compile(_engine: &Engine, component: &File) -> Result<Vec<u8>, String> {
     use std::os::fd::AsFd;
     let memfd = rustix::fs::memfd_create("flex-artifact", rustix::fs::MemfdFlags::CLOEXEC)
         .map_err(|e| format!("cannot create an in-memory file for the artifact: {e}"))?;
-    super::run_compiler(component, "--out-fd", memfd.as_fd())?;
+    super::compiler::run_compiler(component, "--out-fd", memfd.as_fd())?;
     let mut file = File::from(memfd);
     let size = file.metadata().map_err(|e| e.to_string())?.len();
     if size > MAX_ARTIFACT_BYTES {

@@ -78,14 +78,21 @@ pub fn command(a: &DoctorArgs) -> Result<i32, String> {
     if drivers.is_empty() {
         r.warn(format!("no flex drivers in {}", plugin_dir.display()));
     }
+    // The same check an installed driver makes before it runs this compiler as root.
     let compiler = plugin_dir.join(artifact::PLUGIN_DIR_COMPILER);
-    match (compiler.is_file(), drivers.is_empty()) {
-        (true, _) => r.ok(format!("compiler {} (rebuilds rejected artifacts)", compiler.display())),
-        (false, false) => r.problem(
+    match (artifact::trusted_compiler(&compiler), drivers.is_empty()) {
+        (Ok(Some(_)), _) => {
+            r.ok(format!("compiler {} (rebuilds rejected artifacts)", compiler.display()))
+        }
+        (Ok(None), false) => r.problem(
             format!("no compiler at {}", compiler.display()),
             "an artifact rejected after a CPU or flex change cannot be rebuilt; reinstall a driver with `flex install`",
         ),
-        (false, true) => {}
+        (Ok(None), true) => {}
+        (Err(why), _) => r.problem(
+            format!("compiler {} refused: {why}", compiler.display()),
+            "drivers cannot rebuild a rejected artifact with it; make it and the directories above it root-owned and not writable by others, or reinstall a driver with `flex install`",
+        ),
     }
     let engine = runtime::engine()?;
     for (name, component) in drivers {
