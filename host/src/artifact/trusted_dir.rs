@@ -93,7 +93,8 @@ fn check(dir: &OwnedFd, path: &Path, euid: u32, last: Option<Last>) -> Result<()
             stat.st_uid,
             match last {
                 Some(Last::Cache) => euid.to_string(),
-                _ => format!("root or {euid}"),
+                _ if euid == 0 => "root".into(),
+                _ => format!("root or uid {euid}"),
             }
         ));
     }
@@ -144,6 +145,13 @@ mod tests {
         chmod(&root.path().join("a"), 0o1777);
         assert!(open(&deep, Last::CompilerDir).is_ok(), "sticky ancestor");
         chmod(&root.path().join("a"), 0o755);
+        std::os::unix::fs::chown(root.path().join("a/b"), Some(1000), None).unwrap();
+        let why = refused(&deep, Last::CompilerDir);
+        assert!(
+            why.ends_with("/a/b is owned by uid 1000, not root"),
+            "{why}"
+        );
+        std::os::unix::fs::chown(root.path().join("a/b"), Some(0), None).unwrap();
         chmod(&deep, 0o1777);
         let why = refused(&deep, Last::CompilerDir);
         assert!(why.contains("/c is writable"), "{why}");
