@@ -14,7 +14,6 @@ use nix::sys::stat::Mode;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 #[cfg(not(feature = "compiler"))]
 use std::time::{Duration, Instant};
@@ -202,14 +201,14 @@ impl Compiler {
 /// Opens `path` if it is a compiler root may run: `Ok(None)` if there is none, an error if
 /// there is one that others could have written or replaced. Its directory is walked from `/`
 /// and checked on the way (see `trusted_dir`), the file opened relative to that descriptor
-/// without following a symlink and checked on its own descriptor: owned by root or the euid,
-/// not writable by group or others.
+/// without following a symlink and checked on its own descriptor by the same rule as its
+/// directory: owned by root or the euid, not writable by group or others.
 #[cfg_attr(feature = "compiler", allow(dead_code))]
 pub fn trusted_compiler(path: &Path) -> Result<Option<File>, String> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err("not a file path".into());
     };
-    let dir = match trusted_dir::open(dir, Last::CompilerDir) {
+    let dir = match trusted_dir::open(dir, Last::Compiler) {
         Ok(dir) => dir,
         // No directory, no compiler (a plugin dir not created yet).
         Err(_) if std::fs::metadata(dir).is_err_and(|e| e.kind() == ErrorKind::NotFound) => {
@@ -224,20 +223,11 @@ pub fn trusted_compiler(path: &Path) -> Result<Option<File>, String> {
         Err(Errno::ELOOP) => return Err("a symbolic link, not a regular file".into()),
         Err(e) => return Err(e.to_string()),
     };
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
         return Err("not a regular file".into());
     }
     let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != 0 && meta.uid() != euid {
-        return Err(format!("it is owned by uid {}", meta.uid()));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "it is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        ));
-    }
+    trusted_dir::check(&file, path, euid, Some(Last::Compiler))?;
     Ok(Some(file))
 }
 

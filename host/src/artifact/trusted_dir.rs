@@ -12,7 +12,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::{Mode, fstat, mkdirat};
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component as PathPart, Path, PathBuf};
 
 /// What the last directory of the walk must be.
@@ -21,9 +21,10 @@ pub(super) enum Last {
     /// The artifact cache: owned by the euid, not writable by group or others even if sticky;
     /// missing directories are created `0700`.
     Cache,
-    /// The directory a found compiler sits in: owned by root or the euid, not writable by group
-    /// or others even if sticky (anyone could add the compiler's name there); nothing created.
-    CompilerDir,
+    /// The directory a found compiler sits in, and the compiler itself ([`check`]): owned by
+    /// root or the euid, not writable by group or others even if sticky (anyone could add the
+    /// compiler's name there); nothing created.
+    Compiler,
 }
 
 /// Opens `path` (absolute, without `..`) by the walk the module describes. The caller names
@@ -80,9 +81,15 @@ pub(super) fn open(path: &Path, last: Last) -> Result<OwnedFd, Unusable> {
     Ok(dir)
 }
 
-/// One directory of the walk, on its descriptor: `last` is `None` on the way.
-fn check(dir: &OwnedFd, path: &Path, euid: u32, last: Option<Last>) -> Result<(), String> {
-    let stat = fstat(dir).map_err(|e| format!("{}: {e}", path.display()))?;
+/// One directory of the walk (or a file under the `last` rule), on its descriptor: `last` is
+/// `None` on the way.
+pub(super) fn check(
+    fd: impl AsFd,
+    path: &Path,
+    euid: u32,
+    last: Option<Last>,
+) -> Result<(), String> {
+    let stat = fstat(fd).map_err(|e| format!("{}: {e}", path.display()))?;
     let others_write = stat.st_mode & 0o022 != 0;
     let sticky = stat.st_mode & 0o1000 != 0;
     let owner_ok = stat.st_uid == euid || (last != Some(Last::Cache) && stat.st_uid == 0);
@@ -137,33 +144,33 @@ mod tests {
         for dir in ["a", "a/b", "a/b/c"] {
             chmod(&root.path().join(dir), 0o755);
         }
-        assert!(open(&deep, Last::CompilerDir).is_ok());
+        assert!(open(&deep, Last::Compiler).is_ok());
 
         chmod(&root.path().join("a"), 0o777);
-        let why = refused(&deep, Last::CompilerDir);
+        let why = refused(&deep, Last::Compiler);
         assert!(why.contains("/a is writable by group or others"), "{why}");
         chmod(&root.path().join("a"), 0o1777);
-        assert!(open(&deep, Last::CompilerDir).is_ok(), "sticky ancestor");
+        assert!(open(&deep, Last::Compiler).is_ok(), "sticky ancestor");
         chmod(&root.path().join("a"), 0o755);
         std::os::unix::fs::chown(root.path().join("a/b"), Some(1000), None).unwrap();
-        let why = refused(&deep, Last::CompilerDir);
+        let why = refused(&deep, Last::Compiler);
         assert!(
             why.ends_with("/a/b is owned by uid 1000, not root"),
             "{why}"
         );
         std::os::unix::fs::chown(root.path().join("a/b"), Some(0), None).unwrap();
         chmod(&deep, 0o1777);
-        let why = refused(&deep, Last::CompilerDir);
+        let why = refused(&deep, Last::Compiler);
         assert!(why.contains("/c is writable"), "{why}");
         chmod(&deep, 0o755);
 
         let link = root.path().join("link");
         std::os::unix::fs::symlink(root.path().join("a"), &link).unwrap();
-        let why = refused(&link.join("b/c"), Last::CompilerDir);
+        let why = refused(&link.join("b/c"), Last::Compiler);
         assert!(why.contains("is a symlink or not a directory"), "{why}");
 
         assert!(refused(Path::new("relative/dir"), Last::Cache).contains("absolute"));
-        let why = refused(&root.path().join("a/../a/b"), Last::CompilerDir);
+        let why = refused(&root.path().join("a/../a/b"), Last::Compiler);
         assert!(why.contains("`..`"), "{why}");
     }
 
@@ -173,7 +180,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         chmod(root.path(), 0o755);
         let missing = root.path().join("x/y");
-        let why = refused(&missing, Last::CompilerDir);
+        let why = refused(&missing, Last::Compiler);
         assert!(why.contains("x:"), "{why}");
         assert!(!root.path().join("x").exists());
         assert!(open(&missing, Last::Cache).is_ok());
