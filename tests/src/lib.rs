@@ -67,8 +67,8 @@ pub fn require_root() {
 /// One node's worth of directories, removed (and anything mounted under it unmounted) on drop.
 pub struct Node {
     root: tempfile::TempDir,
-    /// Set by `install_sharing_artifacts`: the cache every such node uses.
-    shared_cache: std::sync::OnceLock<PathBuf>,
+    /// Set by `install_sharing_artifacts`: the node uses the cache every such node shares.
+    shares_artifacts: std::sync::atomic::AtomicBool,
 }
 
 /// What one exec of the driver produced.
@@ -145,7 +145,7 @@ impl Node {
         }
         Node {
             root,
-            shared_cache: std::sync::OnceLock::new(),
+            shares_artifacts: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -181,9 +181,8 @@ impl Node {
     pub fn install_sharing_artifacts(&self, vendor_driver: &str, component: &Path) -> PathBuf {
         let (executable, wasm) = self.install_executable(vendor_driver);
         std::os::unix::fs::symlink(component.canonicalize().unwrap(), wasm).unwrap();
-        let _ = self
-            .shared_cache
-            .set(root_only_base().join("shared-artifacts"));
+        self.shares_artifacts
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         executable
     }
 
@@ -699,9 +698,12 @@ pub fn kubelet_unbind(dir: &Path) {
 impl Node {
     /// The node's artifact cache (`FLEX_CACHE_DIR` of every call), created by flex on first use.
     pub fn cache_dir(&self) -> PathBuf {
-        match self.shared_cache.get() {
-            Some(shared) => shared.clone(),
-            None => self.path("cache"),
+        match self
+            .shares_artifacts
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            true => root_only_base().join("shared-artifacts"),
+            false => self.path("cache"),
         }
     }
 
