@@ -11,8 +11,8 @@
 use flex_tests::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const NODE: &str = "node-1";
@@ -580,6 +580,53 @@ fn a_paused_endpoint_fails_by_the_deadline_and_the_retry_succeeds() {
     n.provision("pv-retry", 1, &[]).success();
     assert_eq!(n.volumes("pv-retry").len(), 1);
     n.secret_never_logged();
+}
+
+/// An AttachVolume that EC2 carries out after the call that sent it gave up (a deadline, a
+/// crash) lands while the retry looks for a free device name: the retry answers with that
+/// attachment instead of attaching the volume again at the next name. A proxy in front of
+/// moto makes the late attach happen exactly then, so this needs no luck with timing.
+#[test]
+fn a_late_attach_is_taken_up_by_the_retry_not_moved() {
+    let late: Arc<Mutex<Option<(String, String)>>> = Default::default();
+    let mut proxy = None;
+    let n = EbsNode::with_limits(30, |moto, policy| {
+        let upstream = moto.rsplit(':').next().unwrap().parse().unwrap();
+        let (endpoint, late) = (moto.to_string(), late.clone());
+        let hooked = HookedProxy::start(upstream, move |head| {
+            let free_name_lookup =
+                head.contains("Action=DescribeVolumes") && head.contains("attachment.instance-id");
+            if let Some((volume, instance)) = late.lock().unwrap().take_if(|_| free_name_lookup) {
+                ec2_call(
+                    &endpoint,
+                    REGION,
+                    "attach_volume",
+                    json!({"VolumeId": volume, "InstanceId": instance, "Device": "/dev/xvdf"}),
+                );
+            }
+        });
+        let policy = policy.replace(moto, &format!("http://127.0.0.1:{}", hooked.port));
+        proxy = Some(hooked);
+        policy
+    });
+    let pv = "pv-late";
+    n.provision(pv, 1, &[]).success();
+    let volume = n.volume(pv)["VolumeId"].as_str().unwrap().to_string();
+    *late.lock().unwrap() = Some((volume, n.instance.clone()));
+    let json = base_json(pv, "", &[]);
+    let device = n.run(&["attach", &json, NODE]).success()["device"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(late.lock().unwrap().is_none(), "the late attach never ran");
+    assert!(device.ends_with("/xvdf"), "{device}");
+    assert_eq!(
+        n.attachments(pv),
+        [(n.instance.clone(), "/dev/xvdf".into(), "attached".into())]
+    );
+    n.run(&["detach", pv, NODE]).success();
+    assert!(n.attachments(pv).is_empty());
+    drop(proxy);
 }
 
 /// An endpoint that accepts connections and never answers is cut off by the verb's deadline.

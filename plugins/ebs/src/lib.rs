@@ -919,15 +919,29 @@ fn find_volume(ec2: &Ec2, pv: &str) -> Result<Option<Volume>> {
 
 /// AttachVolume at the first device name no volume on `instance` uses; returns that name.
 /// A name taken meanwhile (a concurrent attach of another volume) moves on to the next one.
+/// If the volume itself is among them by now (an earlier call's AttachVolume that EC2 carried
+/// out after that call gave up), that attachment is the answer: attaching again at another
+/// name would move it, or fail.
 fn attach_at_free_device(ec2: &Ec2, volume: &Volume, instance: &str) -> Result<String> {
-    let used: Vec<String> = ec2
+    let on_instance = ec2
         .describe_volumes(&[("attachment.instance-id", &[instance])])
-        .map_err(ec2_failure)?
-        .into_iter()
-        .flat_map(|v| v.attachments)
-        .filter(|a| a.instance_id == instance)
-        .map(|a| a.device)
-        .collect();
+        .map_err(ec2_failure)?;
+    let mut used = Vec::new();
+    for v in on_instance {
+        for a in v.attachments {
+            if a.instance_id != instance {
+                continue;
+            }
+            if v.id == volume.id && a.state != "detaching" {
+                log::info(&format!(
+                    "{} is already {} to {instance} as {}",
+                    v.id, a.state, a.device
+                ));
+                return Ok(a.device);
+            }
+            used.push(a.device);
+        }
+    }
     let mut last_error = None;
     for letter in DEVICE_LETTERS {
         let device = format!("{EC2_DEVICE_PREFIX}{letter}");
