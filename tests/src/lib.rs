@@ -441,63 +441,6 @@ pub fn base_json(pv: &str, fs_type: &str, extra: &[(&str, &str)]) -> String {
     serde_json::to_string(&map).unwrap()
 }
 
-/// A real HTTP/1.1 server on 127.0.0.1 that answers every request `200 ok` and counts them,
-/// so a test can prove a denied request never left the sandbox. Stops when dropped.
-pub struct LocalHttpServer {
-    pub port: u16,
-    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl LocalHttpServer {
-    pub fn start() -> LocalHttpServer {
-        LocalHttpServer::start_on(std::net::Ipv4Addr::LOCALHOST.into())
-    }
-
-    /// The same server on another of the node's addresses (e.g. its own interface address).
-    pub fn start_on(ip: std::net::IpAddr) -> LocalHttpServer {
-        use std::io::{Read, Write};
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind the test server");
-        listener.set_nonblocking(true).unwrap();
-        let server = LocalHttpServer {
-            port: listener.local_addr().unwrap().port(),
-            requests: Default::default(),
-            stop: Default::default(),
-        };
-        let (requests, stop) = (server.requests.clone(), server.stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    continue;
-                };
-                let _ = stream.set_nonblocking(false);
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                requests.fetch_add(1, Ordering::SeqCst);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-            }
-        });
-        server
-    }
-
-    pub fn requests(&self) -> usize {
-        self.requests.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for LocalHttpServer {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// kubelet's part when `mount` answers Not supported: bind-mount the device mount path onto
 /// the pod directory (protocol notes §4.9); on `unmount` Not supported, unmount it.
 pub fn kubelet_bind(from: &Path, to: &Path) {

@@ -1,5 +1,6 @@
-//! Servers the tests talk to over TCP: moto (a local EC2 API), a hung endpoint, and a proxy
-//! that lets a test act at an exact point of a driver's HTTP conversation.
+//! Servers the tests talk to over TCP: moto (a local EC2 API), a counting HTTP server, a hung
+//! endpoint, and a proxy that lets a test act at an exact point of a driver's HTTP
+//! conversation.
 
 use serde_json::Value;
 use std::process::Command;
@@ -157,16 +158,23 @@ pub fn ec2_call(endpoint: &str, region: &str, method: &str, params: Value) -> Va
     serde_json::from_slice(&output.stdout).expect("boto3 answer is JSON")
 }
 
-/// A TCP listener on 127.0.0.1 whose connections go to `serve` until it is dropped.
+/// A TCP listener whose connections go to `serve` until it is dropped.
 pub struct LocalServer {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LocalServer {
-    fn start(mut serve: impl FnMut(std::net::TcpStream) + Send + 'static) -> LocalServer {
+    fn start(serve: impl FnMut(std::net::TcpStream) + Send + 'static) -> LocalServer {
+        LocalServer::start_on(std::net::Ipv4Addr::LOCALHOST.into(), serve)
+    }
+
+    fn start_on(
+        ip: std::net::IpAddr,
+        mut serve: impl FnMut(std::net::TcpStream) + Send + 'static,
+    ) -> LocalServer {
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let listener = std::net::TcpListener::bind((ip, 0)).expect("bind the test server");
         listener.set_nonblocking(true).unwrap();
         let server = LocalServer {
             port: listener.local_addr().unwrap().port(),
@@ -188,6 +196,48 @@ impl LocalServer {
 impl Drop for LocalServer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 that answers every request `200 ok` and counts them,
+/// so a test can prove a denied request never left the sandbox. Stops when dropped.
+pub struct LocalHttpServer {
+    pub port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _server: LocalServer,
+}
+
+impl LocalHttpServer {
+    pub fn start() -> LocalHttpServer {
+        LocalHttpServer::start_on(std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// The same server on another of the node's addresses (e.g. its own interface address).
+    pub fn start_on(ip: std::net::IpAddr) -> LocalHttpServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let requests = std::sync::Arc::<std::sync::atomic::AtomicUsize>::default();
+        let counter = requests.clone();
+        let server = LocalServer::start_on(ip, move |mut stream| {
+            let _ = stream.set_nonblocking(false);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        });
+        LocalHttpServer {
+            port: server.port,
+            requests,
+            _server: server,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
