@@ -240,6 +240,19 @@ pub fn forget(inode: Inode) -> Result<(), String> {
     Ok(())
 }
 
+/// A component file's identity as the cache keys it, by path: what a warm child compares
+/// with the file a call would run (`crate::warm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity(Identity);
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> Result<FileIdentity, String> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("driver component {}: {e}", path.display()))?;
+        Ok(FileIdentity(Identity::of(&meta)))
+    }
+}
+
 /// The component's identity, from `fstat` of the opened file: the cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Identity([u64; 7]);

@@ -8,7 +8,7 @@
 //! the plugin dir; the artifacts of the components an install replaces, or an uninstall
 //! removes, are removed once those components are gone.
 
-mod layout;
+pub(crate) mod layout;
 
 pub use layout::VERSION_PREFIX;
 

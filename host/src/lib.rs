@@ -17,6 +17,7 @@ pub mod policy;
 pub mod protocol;
 pub mod provisioning;
 pub mod runtime;
+pub mod warm;
 pub mod wasi_link;
 
 use logfile::Logger;
@@ -25,12 +26,30 @@ use std::io::Write;
 
 /// One FlexVolume call from kubelet or KCM (`argv` as exec'd): the reply to print.
 pub fn handle(args: &[String]) -> Reply {
+    handle_with(args, locate::locate, policy::load, runtime::run)
+}
+
+/// [`handle`] with where the driver is found, its policy read and the call run given (a warm
+/// child has them already: `warm::child`).
+pub(crate) fn handle_with(
+    args: &[String],
+    locate: impl FnOnce(&str, Option<&str>) -> locate::Plugin,
+    load_policy: impl FnOnce(&str) -> Result<policy::Policy, String>,
+    run: impl FnOnce(
+        &locate::Plugin,
+        &policy::Policy,
+        protocol::Call,
+        &str,
+        Logger,
+        bool,
+    ) -> (Reply, Logger),
+) -> Reply {
     let argv0 = args.first().map(String::as_str).unwrap_or("flex");
     let (flags, rest) = split_flags(args.get(1..).unwrap_or_default());
     let component_flag = flags.component;
     // Dry run: privileged operations are checked and audited as would-do, never performed.
     let dry_run = flags.dry_run || std::env::var_os("FLEX_DRY_RUN").is_some_and(|v| v == "1");
-    let plugin = locate::locate(argv0, component_flag);
+    let plugin = locate(argv0, component_flag);
     let Some((verb, verb_args)) = rest.split_first() else {
         return Reply::failure(
             "usage: flex [--component PATH] [--dry-run] <verb> [arguments...]; kubelet runs this as a FlexVolume driver; `flex help` lists the operator commands",
@@ -38,7 +57,7 @@ pub fn handle(args: &[String]) -> Reply {
     };
     let mut logger = Logger::open(&plugin.name, verb);
     let reply = match protocol::parse(verb, verb_args) {
-        Ok(call) => match policy::load(&plugin.name) {
+        Ok(call) => match load_policy(&plugin.name) {
             Ok(policy) => {
                 // A development call names its component: the log says which policy it got
                 // (`flex run` makes the choice explicit).
@@ -54,7 +73,7 @@ pub fn handle(args: &[String]) -> Reply {
                         path.display()
                     ));
                 }
-                let (reply, returned) = runtime::run(&plugin, &policy, call, verb, logger, dry_run);
+                let (reply, returned) = run(&plugin, &policy, call, verb, logger, dry_run);
                 logger = returned;
                 reply
             }
@@ -87,14 +106,14 @@ pub fn handle(args: &[String]) -> Reply {
 }
 
 #[derive(Default)]
-struct Flags<'a> {
-    component: Option<&'a str>,
+pub(crate) struct Flags<'a> {
+    pub component: Option<&'a str>,
     dry_run: bool,
 }
 
 /// Development flags before the verb: `--component PATH` (or `=PATH`) and `--dry-run`.
 /// kubelet never passes any, so the verb is the first argument that is not one of them.
-fn split_flags(mut args: &[String]) -> (Flags<'_>, &[String]) {
+pub(crate) fn split_flags(mut args: &[String]) -> (Flags<'_>, &[String]) {
     let mut flags = Flags::default();
     loop {
         match args {
@@ -115,6 +134,7 @@ fn split_flags(mut args: &[String]) -> (Flags<'_>, &[String]) {
 /// The stdout lock is held until exit, so a second caller (the deadline watchdog) never adds
 /// a second reply.
 pub fn reply_and_exit(reply: &Reply) -> ! {
+    warm::child::answer_if_serving(reply);
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(reply.to_line().as_bytes());
     let _ = stdout.flush();

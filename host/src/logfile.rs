@@ -364,6 +364,15 @@ impl Timings {
         timings
     }
 
+    /// Timings whose first phase, `name`, began at `at` (a warm child's call, from its arrival).
+    pub fn since(name: &'static str, at: Instant) -> Timings {
+        let mut timings = Timings::start();
+        if let Some(now) = timings.last {
+            timings.phases = vec![(name, (now - at).as_micros())];
+        }
+        timings
+    }
+
     /// Ends the phase `name` (no-op unless enabled).
     pub fn mark(&mut self, name: &'static str) {
         if let Some(last) = self.last {

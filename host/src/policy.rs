@@ -56,15 +56,28 @@ pub fn policy_path(driver: &str) -> PathBuf {
 /// The driver's policy; the empty (deny-all) policy when it has no file.
 pub fn load(driver: &str) -> Result<Policy, String> {
     let path = policy_path(driver);
-    let (text, mode) = match read_with_mode(&path) {
-        Ok(read) => read,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Policy::default()),
-        Err(e) => return Err(format!("cannot read policy {}: {e}", path.display())),
+    from_file(read_if_present(&path)?, &path, driver)
+}
+
+/// The text and mode of the policy file at `path`; `None` when there is none.
+pub fn read_if_present(path: &Path) -> Result<Option<(String, u32)>, String> {
+    match read_with_mode(path) {
+        Ok(read) => Ok(Some(read)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read policy {}: {e}", path.display())),
+    }
+}
+
+/// The policy a file read says (`None`: no file, nothing granted): parsed, overlaps and
+/// exposure checked.
+pub fn from_file(read: Option<(String, u32)>, path: &Path, driver: &str) -> Result<Policy, String> {
+    let Some((text, mode)) = read else {
+        return Ok(Policy::default());
     };
-    let policy = parse(&text, &path)?;
-    check_overlaps(&policy, Some(driver), &path)?;
+    let policy = parse(&text, path)?;
+    check_overlaps(&policy, Some(driver), path)?;
     // A credential in a file every user can read is already leaked: refuse to use it.
-    crate::caps::config::check_exposure(&path, mode, &policy.config)
+    crate::caps::config::check_exposure(path, mode, &policy.config)
         .map_err(|e| format!("refusing {e}"))?;
     Ok(policy)
 }

@@ -31,7 +31,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 /// `argv[1]` values that select the CLI; none is a FlexVolume verb, past or present.
-pub const OPERATOR_COMMANDS: [&str; 18] = [
+pub const OPERATOR_COMMANDS: [&str; 19] = [
     "install",
     "uninstall",
     "list",
@@ -44,6 +44,7 @@ pub const OPERATOR_COMMANDS: [&str; 18] = [
     "new",
     "test",
     "provisioner",
+    "serve",
     "completions",
     "help",
     "--help",
@@ -160,6 +161,13 @@ enum Command {
         after_help = "Runs init, then the volume's life as kubelet and kube-controller-manager drive it (each verb\ntwice), on a root-only scratch node that is torn down afterwards. Exit 1 on any failure.\n\nExamples:\n  flex test --component target/wasm32-wasip2/release/flex_tmpfs.wasm --policy plugins/tmpfs/policy.toml -o size=8Mi\n  flex test --driver /usr/libexec/kubernetes/kubelet-plugins/volume/exec/flex~loop/loop -o size=64Mi\n  flex test --driver ./my-driver.sh --skip expandfs --junit results.xml"
     )]
     Test(conformance::TestArgs),
+    /// Keep warm children of the installed flex drivers, so kubelet's calls skip loading and
+    /// instantiating the component (a long-running root daemon; calls run in their own
+    /// process whenever it is absent)
+    #[command(
+        after_help = "Each call is still served by a process of its own, in kubelet's namespaces, under the policy file as it is when the call arrives.\n\nExample:\n  flex serve --plugin-dir /usr/libexec/kubernetes/kubelet-plugins/volume/exec"
+    )]
+    Serve(crate::warm::server::ServeArgs),
     /// Run the dynamic provisioner: PersistentVolumeClaims of the drivers' StorageClasses
     /// become flex volumes (a long-running controller; see deploy/provisioner.yaml)
     #[command(
@@ -350,6 +358,7 @@ pub fn main(args: Vec<String>) -> i32 {
         Command::New(a) => new::command(&a),
         Command::Doctor(a) => doctor::command(&a),
         Command::Test(a) => conformance::command(&a),
+        Command::Serve(a) => crate::warm::server::command(&a),
         Command::Provisioner { args } => Err(provisioner(&args)),
         Command::Completions { shell, dir } => completions(shell, dir).map(|()| 0),
     };

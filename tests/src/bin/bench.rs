@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "bench/warm.rs"]
+mod warm;
+
 const CONCURRENCY: usize = 64;
 const CONCURRENT_ROUNDS: usize = 5;
 const VERBS: [&str; 3] = ["init", "mount", "unmount"];
@@ -428,6 +431,10 @@ fn main() {
             check(init(i) <= 3.0)
         );
     }
+    let warm_subjects: Vec<&Subject> = std::iter::once(&subjects[2])
+        .chain(subjects.iter().filter(|s| s.is_other_language()))
+        .collect();
+    warm::report(&node, &warm_subjects, runs);
 }
 
 /// `flex install` of the tmpfs driver into `plugin_dir`, exactly as an operator does it; returns

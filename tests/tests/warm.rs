@@ -1,0 +1,358 @@
+//! `flex serve`: warm children answer kubelet's calls exactly as the calling process would,
+//! in the caller's mount namespace, under the policy and component as they are when the call
+//! arrives, and only for root. Real server, real driver execs, real tmpfs mounts.
+
+use flex_tests::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+const NAME: &str = "acme~tmpfs";
+
+/// `flex serve` on the node's plugin dir, stopped (SIGTERM, then waited for) on drop.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(node: &Node) -> Server {
+        let plugins = node.path("plugins");
+        let mut command = node.command(&flex_binary(), &["serve", "--plugin-dir"]);
+        command.arg(&plugins).stderr(std::process::Stdio::null());
+        Server {
+            child: command.spawn().expect("start flex serve"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+fn install(node: &Node, component: &Path) -> PathBuf {
+    let policy = node.path("policy-source.toml");
+    std::fs::write(&policy, shipped_policy("tmpfs")).unwrap();
+    let plugins = node.path("plugins");
+    let out = node.run(
+        &flex_binary(),
+        &[
+            "install",
+            "--plugin-dir",
+            plugins.to_str().unwrap(),
+            NAME,
+            component.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    plugins.join(NAME).join("tmpfs")
+}
+
+fn socket(node: &Node) -> PathBuf {
+    node.path("run/warm").join(format!("{NAME}.sock"))
+}
+
+/// The node's log line of the reply to the last call of `verb`.
+fn last_reply_line(node: &Node, verb: &str) -> Value {
+    node.log()
+        .lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["verb"] == verb
+                && l["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("reply "))
+        })
+        .unwrap_or_else(|| panic!("no reply to {verb} in the log:\n{}", node.log()))
+}
+
+/// Whether the last `verb` call was answered by a child of `server`.
+fn served_warm(node: &Node, verb: &str, server: &Server) -> bool {
+    last_reply_line(node, verb)["ppid"].as_u64() == Some(u64::from(server.pid()))
+}
+
+/// Calls `init` until a warm child answers it (the server has started its pool), then waits
+/// for the pool to be full again.
+fn wait_warm(node: &Node, driver: &Path, server: &Server) {
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        node.run(driver, &["init"]).success();
+        if served_warm(node, "init", server) {
+            wait_idle(driver);
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "no warm child answered within 60 s:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node with the tmpfs driver installed and a server answering its calls warm.
+fn warm_node() -> (Node, PathBuf, Server) {
+    require_root();
+    let node = Node::new();
+    let driver = install(&node, &guest("flex_tmpfs"));
+    let server = Server::start(&node);
+    wait_warm(&node, &driver, &server);
+    (node, driver, server)
+}
+
+fn tmpfs_json() -> String {
+    mount_json("vol", false, None, &[("size", "1Mi")])
+}
+
+#[test]
+fn warm_calls_answer_as_calls_in_process_do_and_stop_with_the_server() {
+    require_root();
+    let node = Node::new();
+    let driver = install(&node, &guest("flex_tmpfs"));
+    let cold = |args: &[&str]| {
+        let mut command = node.command(&driver, args);
+        command.env("FLEX_WARM", "0");
+        Output::from(command.output().unwrap())
+    };
+    let in_process = cold(&["init"]).success();
+    let server = Server::start(&node);
+    wait_warm(&node, &driver, &server);
+    wait_idle(&driver);
+    assert_eq!(node.run(&driver, &["init"]).success(), in_process);
+    assert!(served_warm(&node, "init", &server));
+
+    // A real mount and unmount, each by a child of its own.
+    let dir = node.pod_dir("warm");
+    wait_idle(&driver);
+    node.run(&driver, &["mount", dir.to_str().unwrap(), &tmpfs_json()])
+        .success();
+    assert!(served_warm(&node, "mount", &server));
+    let mounted = mounts_at(&dir);
+    assert_eq!(mounted.len(), 1, "{mounted:?}");
+    assert_eq!(mounted[0].fs_type, "tmpfs");
+    let mount_pid = last_reply_line(&node, "mount")["pid"].clone();
+    wait_idle(&driver);
+    node.run(&driver, &["unmount", dir.to_str().unwrap()])
+        .success();
+    assert!(served_warm(&node, "unmount", &server));
+    assert_ne!(
+        last_reply_line(&node, "unmount")["pid"],
+        mount_pid,
+        "one child per call"
+    );
+    assert!(mounts_at(&dir).is_empty());
+    // The same reply for what the driver does not do, and for bad input.
+    assert_eq!(
+        node.run(&driver, &["attach", "{}", "node"]).reply(),
+        cold(&["attach", "{}", "node"]).reply()
+    );
+    let bad = node.run(&driver, &["mount", dir.to_str().unwrap(), "not json"]);
+    assert_eq!(
+        bad.failure(),
+        cold(&["mount", dir.to_str().unwrap(), "not json"]).failure()
+    );
+
+    drop(server);
+    assert!(
+        !socket(&node).exists(),
+        "the server removes its sockets when stopped"
+    );
+    node.run(&driver, &["init"]).success();
+    let line = last_reply_line(&node, "init");
+    assert_eq!(
+        line["ppid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_policy_change_or_an_upgrade_reaches_the_very_next_call() {
+    let (node, driver, server) = warm_node();
+
+    // Nothing granted any more: the next mount is denied, and mounts nothing.
+    node.set_policy(NAME, "");
+    let dir = node.pod_dir("p");
+    let denied = node.run(&driver, &["mount", dir.to_str().unwrap(), &tmpfs_json()]);
+    assert!(denied.failure().contains("denied"), "{denied:?}");
+    assert!(mounts_at(&dir).is_empty());
+    assert!(
+        node.log().contains("policy"),
+        "the child says why it declined"
+    );
+    // The server restarts the pool under the new policy: warm again, still denied.
+    wait_warm(&node, &driver, &server);
+    wait_idle(&driver);
+    let denied = node.run(&driver, &["mount", dir.to_str().unwrap(), &tmpfs_json()]);
+    assert!(denied.failure().contains("denied"), "{denied:?}");
+    assert!(served_warm(&node, "mount", &server));
+
+    // An upgrade to another component: its first call already runs it.
+    let before = node.run(&driver, &["init"]).success();
+    assert_eq!(before["capabilities"]["attach"], false);
+    install(&node, &guest("flex_loop"));
+    let after = node.run(&driver, &["init"]).success();
+    assert_eq!(after["capabilities"]["attach"], true, "{after}");
+}
+
+#[test]
+fn the_call_runs_in_the_callers_mount_namespace() {
+    let (node, driver, server) = warm_node();
+    let dir = node.pod_dir("ns");
+    // A caller in a mount namespace of its own: the mount is made there, not in the server's.
+    let script = format!(
+        "{} mount {} '{}' && findmnt -n -o FSTYPE {}",
+        driver.display(),
+        dir.display(),
+        tmpfs_json(),
+        dir.display()
+    );
+    wait_idle(&driver);
+    let mut command = node.command(Path::new("unshare"), &["-m", "--propagation", "private"]);
+    command.args(["sh", "-c", &script]);
+    let out = Output::from(command.output().unwrap());
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("\"Success\""), "{out:?}");
+    assert!(out.stdout.trim_end().ends_with("tmpfs"), "{out:?}");
+    assert!(served_warm(&node, "mount", &server));
+    assert!(
+        mounts_at(&dir).is_empty(),
+        "nothing mounted outside the caller's namespace"
+    );
+}
+
+#[test]
+fn only_root_may_call_and_the_socket_directory_must_be_roots_alone() {
+    let (node, driver, server) = warm_node();
+    // Open the directory and socket to everybody: the child still checks who connects.
+    use std::os::unix::fs::PermissionsExt;
+    let open = |path: &Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    open(&node.path("run/warm"), 0o755);
+    open(&socket(&node), 0o777);
+    // Connect and send as uid 65534 (from inside the directory, as the node's root is
+    // root's alone): closed without an answer.
+    let script = r#"
+import os, socket, sys
+os.chdir(os.path.dirname(sys.argv[1]))
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect(os.path.basename(sys.argv[1]))
+s.settimeout(10)
+try:
+    s.send(b'{}')
+    print('answer', s.recv(65536))
+except OSError as e:
+    print('error', e)
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(socket(&node))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("answer b''") || text.starts_with("error"),
+        "{text} {out:?}"
+    );
+    assert!(
+        node.log()
+            .contains("refused a connection from uid Ok(65534)"),
+        "{}",
+        node.log()
+    );
+    node.run(&driver, &["init"]).success();
+
+    // A second server refuses the directory others can enter.
+    let mut second = node.command(&flex_binary(), &["serve", "--plugin-dir"]);
+    second.arg(node.path("plugins"));
+    let out = Output::from(second.output().unwrap());
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("mode 0700"), "{out:?}");
+    drop(server);
+}
+
+/// The server's default pool.
+const POOL: usize = 2;
+
+/// Waits until the driver's pool is full: a call made now finds an idle child at once,
+/// however loaded the machine (a replacement child starts at nice 19, and a caller waits
+/// only 50 ms for one before it runs the call itself).
+fn wait_idle(driver: &Path) {
+    let until = Instant::now() + Duration::from_secs(60);
+    // Blocked in accept4(2) (x86_64 number 288): started, waiting for a call.
+    let idle = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some("288"))
+    };
+    while warm_children(driver).iter().filter(|p| idle(p)).count() < POOL {
+        assert!(Instant::now() < until, "the pool did not fill within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pids of the warm children running `driver`.
+fn warm_children(driver: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.first() == Some(&driver.as_os_str().as_encoded_bytes())
+            && args.get(1) == Some(&&b"__warm-child"[..])
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_caller_killed_mid_call_takes_its_call_with_it() {
+    require_root();
+    let node = Node::new();
+    // The hostile driver's `loop` attack spins until the deadline (120 s by default).
+    let driver = install(&node, &guest("flex_hostile"));
+    let server = Server::start(&node);
+    wait_warm(&node, &driver, &server);
+    let children = warm_children(&driver);
+    assert!(!children.is_empty());
+    let dir = node.pod_dir("killed");
+    let json = mount_json("vol", false, None, &[("attack", "loop")]);
+    let mut caller = node
+        .command(&driver, &["mount", dir.to_str().unwrap(), &json])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    caller.kill().unwrap();
+    caller.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !children.iter().any(|pid| exited(*pid)) {
+        assert!(
+            Instant::now() < until,
+            "the child still runs the call:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        node.log().contains("the caller went away during the call"),
+        "{}",
+        node.log()
+    );
+    drop(server);
+}
