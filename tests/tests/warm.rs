@@ -356,3 +356,37 @@ fn a_caller_killed_mid_call_takes_its_call_with_it() {
     );
     drop(server);
 }
+
+#[test]
+fn a_caller_with_another_policy_dir_runs_its_call_itself() {
+    let (node, driver, _server) = warm_node();
+    wait_idle(&driver);
+    let before = warm_children(&driver);
+    // Its own policy directory, empty: the call must run under that, i.e. deny the mount.
+    let elsewhere = node.path("other-policy");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let dir = node.pod_dir("other");
+    let mut command = node.command(&driver, &["mount", dir.to_str().unwrap(), &tmpfs_json()]);
+    command.env("FLEX_POLICY_DIR", &elsewhere);
+    let out = Output::from(command.output().unwrap());
+    assert!(out.failure().contains("denied"), "{out:?}");
+    assert!(mounts_at(&dir).is_empty());
+    let line = last_reply_line(&node, "mount");
+    assert_eq!(
+        line["ppid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{line}"
+    );
+    assert!(
+        node.log().contains("the caller's FLEX_POLICY_DIR differs"),
+        "{}",
+        node.log()
+    );
+    // Only the child that declined is replaced: its sibling still waits.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = warm_children(&driver);
+    assert!(
+        before.iter().any(|pid| after.contains(pid)),
+        "{before:?} {after:?}"
+    );
+}

@@ -62,6 +62,11 @@ pub fn main(args: &[String]) -> ! {
             OwnedFd::from_raw_fd(BUSY_FD),
         )
     };
+    // Never inherited by a program the driver's policy lets it run.
+    for fd in [&listener, &busy] {
+        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+        let _ = nix::fcntl::fcntl(fd, cloexec);
+    }
     let plugin = crate::locate::locate(argv0, None);
     let name = plugin.name.clone();
     let (loaded, started, instance) = match start(plugin) {
@@ -80,11 +85,19 @@ pub fn main(args: &[String]) -> ! {
         // The server starts a replacement now, while this call runs.
         let _ = nix::unistd::write(&busy, &std::process::id().to_ne_bytes());
         let _ = rustix::process::setpriority_process(None, request.nice.clamp(-20, 19));
-        if let Err(why) = admit(&loaded, &request, &fds) {
+        if let Err(declined) = admit(&loaded, &request, &fds) {
+            let why = &declined.why;
             let _ = wire::send_answer(conn.as_raw_fd(), &Answer::Fallback { why: why.clone() });
             Logger::open(&name, "warm").info(&format!("warm child declined a call: {why}"));
-            std::process::exit(EXIT_STALE);
+            // In the caller's namespaces now, it can serve nobody else.
+            std::process::exit(if declined.stale {
+                EXIT_STALE
+            } else {
+                EXIT_SERVED
+            });
         }
+        // The call's alone from here: no other caller reaches this process.
+        drop((listener, busy));
         serve(conn, request, loaded, (started, arrived), instance);
     }
 }
@@ -148,13 +161,30 @@ fn next_call(listener: &OwnedFd, driver: &str) -> Option<(OwnedFd, Request, Call
     }
 }
 
+/// Why a child would not serve a call; `stale` when what it loaded is outdated for every
+/// caller (the server then restarts the driver's pool), not just for this one.
+struct Declined {
+    why: String,
+    stale: bool,
+}
+
+impl From<String> for Declined {
+    fn from(why: String) -> Declined {
+        Declined { why, stale: false }
+    }
+}
+
+fn stale(why: String) -> Declined {
+    Declined { why, stale: true }
+}
+
 /// Makes this process the caller's for the call, or says why it cannot: namespaces and
 /// working directory entered, umask taken, environment adopted, and the component and
 /// policy found to be the ones loaded.
-fn admit(loaded: &Loaded, request: &Request, fds: &CallerFds) -> Result<(), String> {
+fn admit(loaded: &Loaded, request: &Request, fds: &CallerFds) -> Result<(), Declined> {
     let (flags, _) = crate::split_flags(request.argv.get(1..).unwrap_or_default());
     if flags.component.is_some() {
-        return Err("a development call (--component)".into());
+        return Err(String::from("a development call (--component)").into());
     }
     enter(&fds.mount_ns, "/proc/self/ns/mnt", CloneFlags::CLONE_NEWNS)?;
     enter(&fds.net_ns, "/proc/self/ns/net", CloneFlags::CLONE_NEWNET)?;
@@ -162,19 +192,21 @@ fn admit(loaded: &Loaded, request: &Request, fds: &CallerFds) -> Result<(), Stri
         .map_err(|e| format!("cannot enter the caller's directory: {e}"))?;
     umask(Mode::from_bits_truncate(request.umask & 0o777));
     adopt_env(&loaded.env, &request.env)?;
+    // An upgrade moved the driver to another version directory.
     if request.component != loaded.plugin.component {
-        return Err(format!(
+        return Err(stale(format!(
             "the caller runs {}, this child {}",
             request.component.display(),
             loaded.plugin.component.display()
-        ));
+        )));
     }
     if FileIdentity::of(&loaded.plugin.component).ok() != Some(loaded.identity) {
-        return Err(format!("{} changed", loaded.plugin.component.display()));
+        let why = format!("{} changed", loaded.plugin.component.display());
+        return Err(stale(why));
     }
     let path = policy::policy_path(&loaded.plugin.name);
     if policy::read_if_present(&path)? != loaded.policy_file {
-        return Err(format!("policy {} changed", path.display()));
+        return Err(stale(format!("policy {} changed", path.display())));
     }
     Ok(())
 }
