@@ -390,3 +390,20 @@ fn a_caller_with_another_policy_dir_runs_its_call_itself() {
         "{before:?} {after:?}"
     );
 }
+
+#[test]
+fn idle_children_end_with_a_killed_server() {
+    let (_node, driver, mut server) = warm_node();
+    wait_idle(&driver);
+    let children = warm_children(&driver);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !children.iter().all(|pid| exited(*pid)) {
+        assert!(
+            Instant::now() < until,
+            "children outlive their server: {children:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

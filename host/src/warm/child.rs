@@ -85,6 +85,9 @@ pub fn main(args: &[String]) -> ! {
         // The server starts a replacement now, while this call runs.
         let _ = nix::unistd::write(&busy, &std::process::id().to_ne_bytes());
         let _ = rustix::process::setpriority_process(None, request.nice.clamp(-20, 19));
+        // A server that stops now must not take this call with it (idle children go).
+        // SAFETY: plain prctl on this process.
+        unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, 0) };
         if let Err(declined) = admit(&loaded, &request, &fds) {
             let why = &declined.why;
             let _ = wire::send_answer(conn.as_raw_fd(), &Answer::Fallback { why: why.clone() });
@@ -137,7 +140,15 @@ fn start(plugin: Plugin) -> Result<Ready, (i32, String)> {
 
 /// The next call from a root caller; `None` for a connection that is not one.
 fn next_call(listener: &OwnedFd, driver: &str) -> Option<(OwnedFd, Request, CallerFds)> {
-    let fd = accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC).ok()?;
+    let fd = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => return None,
+        // Anything else would repeat at once: the server backs the driver off instead.
+        Err(e) => {
+            Logger::open(driver, "warm").error(&format!("warm child: accept: {e}"));
+            std::process::exit(EXIT_BROKEN);
+        }
+    };
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     let conn = unsafe { OwnedFd::from_raw_fd(fd) };
     let uid = getsockopt(&conn, sockopt::PeerCredentials).map(|c| c.uid());
@@ -192,6 +203,13 @@ fn admit(loaded: &Loaded, request: &Request, fds: &CallerFds) -> Result<(), Decl
         .map_err(|e| format!("cannot enter the caller's directory: {e}"))?;
     umask(Mode::from_bits_truncate(request.umask & 0o777));
     adopt_env(&loaded.env, &request.env)?;
+    if request.driver != loaded.plugin.name {
+        let why = format!(
+            "the caller is driver {}, this child {}",
+            request.driver, loaded.plugin.name
+        );
+        return Err(why.into());
+    }
     // An upgrade moved the driver to another version directory.
     if request.component != loaded.plugin.component {
         return Err(stale(format!(

@@ -55,6 +55,7 @@ pub fn call(args: &[String]) -> Option<(String, i32)> {
     umask(mask);
     let request = Request {
         argv: args.to_vec(),
+        driver: plugin.name.clone(),
         component: plugin.component.clone(),
         env: super::carried_env(),
         umask: mask.bits(),

@@ -298,13 +298,17 @@ fn spawn(executable: &Path, listener: &OwnedFd, busy: &OwnedFd) -> Result<Pid, S
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    // SAFETY: between fork and exec only dup2 and setpriority, which are async-signal-safe.
+    // SAFETY: between fork and exec only setpriority, prctl and dup2, which are
+    // async-signal-safe.
     unsafe {
         command.pre_exec(move || {
             // Starting up is background work, so a replacement starting does not slow the
             // call it replaces; a started child returns to the server's priority to wait
             // and takes its caller's for the call (`child::main`).
             nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, BACKGROUND_NICE);
+            // An idle child ends with the server, however it ends; a busy one finishes its
+            // call (it clears this when it takes one).
+            nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL);
             for (from, to) in [(l, LISTENER_FD), (b, BUSY_FD)] {
                 if nix::libc::dup2(from, to) < 0 {
                     return Err(std::io::Error::last_os_error());

@@ -25,6 +25,8 @@ const MAX_ANSWER_BYTES: usize = 256 << 10;
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Request {
     pub argv: Vec<String>,
+    /// The driver's name as the caller found it: it names the policy file and the logs.
+    pub driver: String,
     /// The component the caller would run (found from its own `/proc/self/exe`).
     pub component: PathBuf,
     /// The caller's `FLEX_*`, `HOME` and `XDG_CACHE_HOME` (see `child::adopt_env`).
@@ -196,6 +198,7 @@ mod tests {
     fn request(argv: &[&str]) -> Request {
         Request {
             argv: argv.iter().map(|a| a.to_string()).collect(),
+            driver: "acme~x".into(),
             component: "/p/acme~x/.version-1/x.wasm".into(),
             env: vec![("FLEX_LOG_DIR".into(), "/l".into())],
             umask: 0o022,
