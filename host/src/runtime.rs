@@ -130,10 +130,10 @@ pub fn run_call<T>(
 }
 
 /// How long the verb may run.
-fn deadline(policy: &Policy, verb: &str) -> Duration {
+fn deadline(limits: &Limits, verb: &str) -> Duration {
     Duration::from_secs(match verb {
-        "waitforattach" => policy.limits.wait_for_attach_deadline_seconds,
-        _ => policy.limits.deadline_seconds,
+        "waitforattach" => limits.wait_for_attach_deadline_seconds,
+        _ => limits.deadline_seconds,
     })
 }
 
@@ -198,7 +198,7 @@ impl Started {
             ..Policy::default()
         };
         let no_call = CallDirs::new(&[], &[]);
-        let far = Instant::now() + deadline(policy, START_VERB);
+        let far = Instant::now() + deadline(&policy.limits, START_VERB);
         let grants = Grants::new(plugin, &nothing, START_VERB, false, no_call, &[], far);
         let wasi = match wasi_ctx(&stdout, &stderr, None) {
             Ok(wasi) => wasi,
@@ -230,11 +230,7 @@ impl Started {
 
     /// The deadline of a `verb` call, from now.
     pub fn watchdog(&self, verb: &str, when_stuck: WhenStuck) -> Watchdog {
-        let seconds = match verb {
-            "waitforattach" => self.limits.wait_for_attach_deadline_seconds,
-            _ => self.limits.deadline_seconds,
-        };
-        let deadline = Duration::from_secs(seconds);
+        let deadline = deadline(&self.limits, verb);
         Watchdog::start(
             self.engine.clone(),
             &self.driver,
@@ -286,31 +282,27 @@ impl Started {
             dry_run,
             ..
         } = spec;
-        let deadline = deadline(policy, verb);
-        let state_dir =
-            match granted_state_dir(plugin, policy, dry_run, &mut store.data_mut().logger) {
-                Ok(state_dir) => state_dir,
-                Err(e) => {
-                    watchdog.stop();
-                    let (_, logger) = finish(store, component, spec.per_call_process);
-                    return (Err(e), logger);
-                }
-            };
+        let deadline = deadline(&policy.limits, verb);
+        let logger = &mut store.data_mut().logger;
+        let granted = granted_state_dir(plugin, policy, dry_run, logger).and_then(|state_dir| {
+            let wasi = wasi_ctx(&stdout, &stderr, state_dir.as_ref())?;
+            Ok((state_dir, wasi))
+        });
+        let (state_dir, wasi) = match granted {
+            Ok(granted) => granted,
+            Err(e) => {
+                drop(watchdog);
+                let (_, logger) = finish(store, component, spec.per_call_process);
+                return (Err(e), logger);
+            }
+        };
         let targets: Vec<&str> = spec.targets.iter().map(String::as_str).collect();
         let devices: Vec<&str> = spec.devices.iter().map(String::as_str).collect();
         let dirs = CallDirs::new(&targets, &spec.bind_sources);
         let deadline_at = Instant::now() + deadline;
-        let grants = Grants::new(plugin, policy, verb, dry_run, dirs, &devices, deadline_at);
         let data = store.data_mut();
-        data.grants = grants;
-        match wasi_ctx(&stdout, &stderr, state_dir.as_ref()) {
-            Ok(wasi) => data.wasi = wasi,
-            Err(e) => {
-                watchdog.stop();
-                let (_, logger) = finish(store, component, spec.per_call_process);
-                return (Err(e), logger);
-            }
-        }
+        data.grants = Grants::new(plugin, policy, verb, dry_run, dirs, &devices, deadline_at);
+        data.wasi = wasi;
 
         // A call that grows its state directory past the limits is stopped, like one past its
         // deadline, and fails naming the limit.

@@ -189,6 +189,36 @@ impl Node {
         executable
     }
 
+    /// `flex install --plugin-dir plugin_dir vendor_driver component --policy <policy>`,
+    /// with `flex` exactly as an operator runs it; returns the executable kubelet would exec.
+    pub fn flex_install(
+        &self,
+        flex: &Path,
+        plugin_dir: &Path,
+        vendor_driver: &str,
+        component: &Path,
+        policy: &str,
+    ) -> PathBuf {
+        std::fs::create_dir_all(plugin_dir).unwrap();
+        let policy_file = self.path(&format!("{vendor_driver}-policy.toml"));
+        std::fs::write(&policy_file, policy).unwrap();
+        let out = self.run(
+            flex,
+            &[
+                "install",
+                "--plugin-dir",
+                plugin_dir.to_str().unwrap(),
+                vendor_driver,
+                component.to_str().unwrap(),
+                "--policy",
+                policy_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.code, 0, "flex install: {out:?}");
+        let driver = vendor_driver.rsplit('~').next().unwrap();
+        plugin_dir.join(vendor_driver).join(driver)
+    }
+
     /// Root-only (`0600`), as `flex install` leaves a policy that holds a credential: `flex`
     /// refuses a world-readable policy whose `[config]` looks like it holds one.
     pub fn set_policy(&self, vendor_driver: &str, policy: &str) {

@@ -39,23 +39,14 @@ impl Drop for Server {
 }
 
 fn install(node: &Node, component: &Path) -> PathBuf {
-    let policy = node.path("policy-source.toml");
-    std::fs::write(&policy, shipped_policy("tmpfs")).unwrap();
-    let plugins = node.path("plugins");
-    let out = node.run(
+    let policy = shipped_policy("tmpfs");
+    node.flex_install(
         &flex_binary(),
-        &[
-            "install",
-            "--plugin-dir",
-            plugins.to_str().unwrap(),
-            NAME,
-            component.to_str().unwrap(),
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.code, 0, "{out:?}");
-    plugins.join(NAME).join("tmpfs")
+        &node.path("plugins"),
+        NAME,
+        component,
+        &policy,
+    )
 }
 
 fn socket(node: &Node) -> PathBuf {

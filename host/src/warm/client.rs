@@ -30,25 +30,11 @@ pub fn call(args: &[String]) -> Option<(String, i32)> {
     }
     let plugin = crate::locate::locate(argv0, None);
     let socket = connected(&super::socket_path(&plugin.name))?;
+    let open_fd = |path: &str, flags: OFlag| open(path, flags | OFlag::O_CLOEXEC, Mode::empty());
     let fds = CallerFds {
-        mount_ns: open(
-            "/proc/self/ns/mnt",
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?,
-        net_ns: open(
-            "/proc/self/ns/net",
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?,
-        cwd: open(
-            ".",
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .ok()?,
+        mount_ns: open_fd("/proc/self/ns/mnt", OFlag::O_RDONLY).ok()?,
+        net_ns: open_fd("/proc/self/ns/net", OFlag::O_RDONLY).ok()?,
+        cwd: open_fd(".", OFlag::O_PATH | OFlag::O_DIRECTORY).ok()?,
         claim: wire::new_claim().ok()?,
     };
     let mask = umask(Mode::from_bits_truncate(0o022));

@@ -459,23 +459,7 @@ fn install_driver(
     component: &Path,
     plugin: &str,
 ) -> PathBuf {
-    std::fs::create_dir_all(plugin_dir).unwrap();
-    let policy = node.path(&format!("{plugin}-policy.toml"));
-    std::fs::write(&policy, shipped_policy(plugin)).unwrap();
-    let out = node.run(
-        flex,
-        &[
-            "install",
-            "--plugin-dir",
-            plugin_dir.to_str().unwrap(),
-            name,
-            component.to_str().unwrap(),
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.code, 0, "flex install: {out:?}");
-    plugin_dir.join(name).join(name.rsplit('~').next().unwrap())
+    node.flex_install(flex, plugin_dir, name, component, &shipped_policy(plugin))
 }
 
 /// 64 simultaneous `init` calls (kubelet runs operations on different volumes in parallel).
