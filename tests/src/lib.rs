@@ -485,7 +485,14 @@ pub fn kubelet_bind(from: &Path, to: &Path) {
 }
 
 pub fn kubelet_unbind(dir: &Path) {
-    nix::mount::umount(dir).unwrap();
+    unmount(dir);
+}
+
+/// Unmounts what a test mounted itself. A plain umount fails with EBUSY when another test's
+/// thread forks while this one holds a file in the mount (the child keeps it until its exec):
+/// flex's own unmount waits that out, and so does this.
+pub fn unmount(dir: &Path) {
+    flex_host::caps::mounts::unmount(dir).unwrap();
 }
 
 impl Node {

@@ -485,7 +485,7 @@ fn blank_devices_format_and_mounted_ones_never() {
     )
     .unwrap();
     let result = n.one(A, &[("op", "mkfs"), ("device", &wiped)]);
-    nix::mount::umount(&mnt).unwrap();
+    flex_tests::unmount(&mnt);
     assert!(
         result.contains("is mounted at") || result.contains("signature"),
         "{result}"

@@ -591,7 +591,7 @@ fn a_device_with_data_is_never_formatted() {
     )
     .unwrap();
     std::fs::write(scratch.path().join("precious"), b"keep me").unwrap();
-    nix::mount::umount(scratch.path()).unwrap();
+    flex_tests::unmount(scratch.path());
 
     // An explicit, different fsType: a clear failure, no format.
     let message = n.mount_device(pv, &device, "ext4").failure();
@@ -730,7 +730,7 @@ fn killed_and_repeated_node_verbs_converge() {
     let device = n.attach_json("tmp-cut", &inline("tmp-cut"));
     n.mount_device("tmp-cut", &device, "ext4").success();
     let dmp = n.device_mount_path("tmp-cut");
-    nix::mount::umount(&dmp).unwrap();
+    flex_tests::unmount(&dmp);
     std::fs::create_dir_all(n.state("teardown", "")).unwrap();
     std::fs::write(n.state("teardown", "tmp-cut"), dmp.to_str().unwrap()).unwrap();
     assert_eq!(n.loops_of("tmp-cut").len(), 1);
@@ -746,7 +746,7 @@ fn killed_and_repeated_node_verbs_converge() {
     let device = n.attach_json("tmp-cut", &inline("tmp-cut"));
     n.mount_device("tmp-cut", &device, "ext4").success();
     std::fs::write(dmp.join("old"), b"x").unwrap();
-    nix::mount::umount(&dmp).unwrap();
+    flex_tests::unmount(&dmp);
     std::fs::write(n.state("teardown", "tmp-cut"), dmp.to_str().unwrap()).unwrap();
     let device = n.attach_json("tmp-cut", &inline("tmp-cut"));
     n.mount_device("tmp-cut", &device, "ext4").success();

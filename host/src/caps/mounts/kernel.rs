@@ -179,10 +179,29 @@ pub fn reconfigure(mount: BorrowedFd<'_>, options: &Applied) -> Result<(), Strin
 /// busy), which would hide a busy volume. The caller checked, on a descriptor it has since
 /// closed, that the name is the mount root it means; the name is kubelet's own directory
 /// (components only root writes) and `UMOUNT_NOFOLLOW` refuses a symlink as its last part.
+///
+/// A mount can be busy for a moment only: a process that forks while it holds a file in the
+/// volume (kubelet's own, or any other) keeps the file open in the child until that child's
+/// exec closes it. `EBUSY` is therefore retried for up to `BUSY_RETRY` before it is the answer.
 pub fn unmount(target: &std::path::Path) -> Result<(), String> {
-    rustix::mount::unmount(target, rustix::mount::UnmountFlags::NOFOLLOW)
-        .map_err(|e| io(&format!("umount {}", target.display()), e))
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match rustix::mount::unmount(target, rustix::mount::UnmountFlags::NOFOLLOW) {
+            Err(rustix::io::Errno::BUSY) if started.elapsed() + pause <= BUSY_RETRY => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            result => {
+                return result.map_err(|e| io(&format!("umount {}", target.display()), e));
+            }
+        }
+    }
 }
+
+/// How long an unmount waits out a busy mount: far longer than a fork-to-exec, far shorter
+/// than kubelet's retry.
+pub const BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// The kernel's own explanation of a failed `fsconfig`, read from the context descriptor.
 fn kernel_message(fs: BorrowedFd<'_>) -> String {

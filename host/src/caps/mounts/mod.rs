@@ -19,6 +19,10 @@
 mod kernel;
 pub mod options;
 
+/// Unmount by name, waiting out a mount that is busy for a moment; tests unmount what they
+/// mounted themselves through it, for the same reason the host does.
+pub use kernel::unmount;
+
 use super::Patterns;
 use super::paths::{self, Opened};
 use crate::audit::{Audit, redact_option};
@@ -611,12 +615,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn mounts_get_the_required_options_and_never_stack() {
+    /// An empty directory to mount onto, in a temporary one (as root: the tests mount).
+    fn volume_dir() -> (tempfile::TempDir, PathBuf) {
         require_root();
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("vol");
         std::fs::create_dir(&target).unwrap();
+        (dir, target)
+    }
+
+    #[test]
+    fn mounts_get_the_required_options_and_never_stack() {
+        let (_dir, target) = volume_dir();
         let _cleanup = Unmount(&target);
         let mut mounts = mounts(&grant(), &[&target]);
         Host::mount(&mut mounts, request(&target, &["size=1m"])).unwrap();
@@ -653,6 +663,34 @@ mod tests {
         assert_eq!(mount_options(&target), None);
         let err = Host::unmount(&mut mounts, target.to_string_lossy().into()).unwrap_err();
         assert!(err.contains("not a mount point"), "{err}");
+    }
+
+    #[test]
+    fn a_mount_busy_for_a_moment_is_unmounted_one_busy_for_longer_is_not() {
+        let (_dir, target) = volume_dir();
+        let _cleanup = Unmount(&target);
+        let mut mounts = mounts(&grant(), &[&target]);
+        let hold = |mounts: &mut Mounts, for_how_long: std::time::Duration| {
+            Host::mount(mounts, request(&target, &[])).unwrap();
+            let file = std::fs::File::create(target.join("open")).unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(for_how_long);
+                drop(file);
+            })
+        };
+        // Held as a forked child holds a file until its exec.
+        let holder = hold(&mut mounts, std::time::Duration::from_millis(50));
+        Host::unmount(&mut mounts, target.to_string_lossy().into()).unwrap();
+        holder.join().unwrap();
+        assert_eq!(mount_options(&target), None);
+        // Held by a process that keeps it: busy is the answer, after the bounded wait.
+        let holder = hold(&mut mounts, kernel::BUSY_RETRY * 3);
+        let started = std::time::Instant::now();
+        let err = Host::unmount(&mut mounts, target.to_string_lossy().into()).unwrap_err();
+        assert!(err.contains("busy"), "{err}");
+        assert!(started.elapsed() < kernel::BUSY_RETRY * 2);
+        holder.join().unwrap();
+        Host::unmount(&mut mounts, target.to_string_lossy().into()).unwrap();
     }
 
     #[test]
@@ -749,10 +787,7 @@ mod tests {
 
     #[test]
     fn mounts_per_call_are_limited() {
-        require_root();
-        let dir = tempfile::tempdir().unwrap();
-        let target = dir.path().join("vol");
-        std::fs::create_dir(&target).unwrap();
+        let (_dir, target) = volume_dir();
         let _cleanup = Unmount(&target);
         let limits = Limits {
             mounts_per_call: 2,

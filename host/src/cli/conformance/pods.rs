@@ -308,5 +308,5 @@ pub fn kubelet_mount(args: &[&str]) -> Result<(), String> {
 }
 
 pub fn kubelet_umount(dir: &Path) -> Result<(), String> {
-    nix::mount::umount(dir).map_err(|e| format!("umount {}: {e}", dir.display()))
+    crate::caps::mounts::unmount(dir)
 }
