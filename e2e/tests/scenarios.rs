@@ -5,7 +5,7 @@
 //! Run one at a time (`--test-threads=1`; they also take turns on the one node).
 
 use flex_e2e::{Cluster, Side, cluster, now_ms};
-use flex_tests::{guest, mounts_under};
+use flex_tests::{Value, guest, mounts_under};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -719,4 +719,104 @@ fn s8_failing_driver_message_reaches_the_pod_events() {
         "{waiting}"
     );
     c.delete_pod("s8-bad");
+}
+
+/// Scenario 9: `flex serve` beside kubelet. kubelet's calls to the Python driver (an 18 MB
+/// component) are answered by warm children: the bind mount is made in kubelet's own mount
+/// namespace (the container writes through it to the driver's volume directory), and every
+/// call is logged and audited as kubelet's (`ppid`), a warm one with the `warm_caller_pid` of
+/// the `flex` kubelet exec'd. Stopping the server leaves kubelet's calls working in process.
+#[test]
+fn s9_warm_children_answer_kubelets_calls() {
+    let (_turn, c) = cluster();
+    const DRIVER: &str = "flex~hostpath-py";
+    let state = c.flex_dir(Side::Kubelet, "STATE");
+    let text = std::fs::read_to_string(policy("hostpath-py"))
+        .unwrap()
+        .replace("/var/lib/flex/", &format!("{}/", state.display()));
+    let scratch = tempfile::tempdir().unwrap();
+    let policy_file = scratch.path().join("hostpath-py.toml");
+    std::fs::write(&policy_file, text).unwrap();
+    c.install(
+        DRIVER,
+        &flex_tests::script_guest("flex_hostpath_py"),
+        &policy_file,
+    );
+    let server = flex_e2e::WarmServer::start(c);
+    server.wait_for(c, DRIVER);
+    std::thread::sleep(Duration::from_secs(2)); // the children load the component
+
+    let since = now_ms();
+    let volume = "  - name: data\n    flexVolume: {driver: flex/hostpath-py}\n";
+    c.start_pod(
+        "s9-warm",
+        "echo hello > /data/from-pod && echo WROTE",
+        volume,
+        "",
+    );
+    c.wait_running("s9-warm");
+    assert_eq!(c.wait_log_line("s9-warm", "WROTE"), "WROTE");
+    // The inline volume is named `data`: the driver keeps it at `volumes/data`.
+    let written = state.join(DRIVER).join("volumes/data/from-pod");
+    assert_eq!(std::fs::read(&written).unwrap(), b"hello\n");
+    c.delete_pod("s9-warm");
+    let (kubelet, _) = verbs_by_process(c, "s9", DRIVER, since);
+    assert!(
+        kubelet.contains(&"mount".into()) && kubelet.contains(&"unmount".into()),
+        "{kubelet:?}"
+    );
+    let replies = c.replies(Side::Kubelet, DRIVER, since);
+    let warm: Vec<&Value> = replies
+        .iter()
+        .filter(|l| l["warm_caller_pid"].is_u64())
+        .collect();
+    println!(
+        "[s9] kubelet's calls to {DRIVER}: {}, answered by warm children: {}",
+        replies.len(),
+        warm.len()
+    );
+    assert!(
+        warm.iter().any(|l| l["verb"] == "mount"),
+        "kubelet's mount was not answered warm: {replies:?}"
+    );
+    let audited: Vec<Value> = c
+        .audit(Side::Kubelet)
+        .into_iter()
+        .filter(|l| l["driver"] == DRIVER && l["time_ms"].as_u64() >= Some(since))
+        .collect();
+    let kubelet_pid = u64::from(c.pid("KUBELET"));
+    assert!(
+        audited
+            .iter()
+            .any(|l| l["operation"] == "mount" && l["warm_caller_pid"].is_u64()),
+        "{audited:?}"
+    );
+    assert!(
+        audited.iter().all(|l| l["ppid"] == kubelet_pid),
+        "{audited:?}"
+    );
+
+    // Without the server, the same calls run in the process kubelet exec'd.
+    drop(server);
+    let since = now_ms();
+    c.start_pod(
+        "s9-cold",
+        "echo again > /data/again && echo WROTE",
+        volume,
+        "",
+    );
+    assert_eq!(c.wait_log_line("s9-cold", "WROTE"), "WROTE");
+    assert_eq!(
+        std::fs::read(written.with_file_name("again")).unwrap(),
+        b"again\n"
+    );
+    c.delete_pod("s9-cold");
+    let (kubelet, _) = verbs_by_process(c, "s9", DRIVER, since);
+    assert!(kubelet.contains(&"mount".into()), "{kubelet:?}");
+    assert!(
+        c.flex_log(Side::Kubelet)
+            .iter()
+            .filter(|l| l["time_ms"].as_u64() >= Some(since))
+            .all(|l| l["warm_caller_pid"].is_null())
+    );
 }

@@ -82,10 +82,9 @@ impl Audit {
             Decision::WouldDo { rule } => ("would-do", rule),
             Decision::Deny { reason } => ("deny", reason),
         };
-        let record = json!({
+        let mut record = json!({
             "time_ms": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0),
             "pid": std::process::id(),
-            "ppid": nix::unistd::getppid().as_raw(),
             "driver": &*self.driver,
             "verb": &*self.verb,
             "operation": operation,
@@ -95,6 +94,7 @@ impl Audit {
             "result": match result { Ok(()) => "ok", Err(e) => e.as_str() },
             "duration_us": started.elapsed().as_micros() as u64,
         });
+        crate::logfile::add_exec_parent(&mut record);
         let line = bounded_line(record, self.line_limit);
         if let Ok(mut file) = file.lock() {
             file.append(&line);

@@ -281,15 +281,13 @@ impl Logger {
         let mut line = serde_json::json!({
             "time_ms": unix_millis(),
             "pid": std::process::id(),
-            // Who exec'd this call (kubelet, kube-controller-manager, a person): the process
-            // tree a verb ran in, for operators and the e2e tier.
-            "ppid": nix::unistd::getppid().as_raw(),
             "level": level,
             "source": source,
             "driver": self.driver,
             "verb": self.verb,
             "message": message,
         });
+        add_exec_parent(&mut line);
         if truncated {
             line["truncated"] = true.into();
         }
@@ -333,6 +331,34 @@ fn unix_millis() -> u128 {
 pub struct Timings {
     last: Option<Instant>,
     phases: Vec<(&'static str, u128)>,
+}
+
+/// The process that exec'd the call a warm child serves: `flex` as kubelet exec'd it.
+static WARM_CALLER: OnceLock<WarmCaller> = OnceLock::new();
+
+/// A warm child's caller, as the kernel names it: the connection's peer and that peer's parent.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WarmCaller {
+    pub pid: i32,
+    pub ppid: i32,
+}
+
+/// From now on this process's log and audit lines are its warm caller's.
+pub fn serving_for(caller: WarmCaller) {
+    let _ = WARM_CALLER.set(caller);
+}
+
+/// Who exec'd this call (kubelet, kube-controller-manager, a person), for operators, the
+/// security team and the e2e tier: `ppid`, the same whether the call ran in the process
+/// kubelet exec'd or in a warm child; a warm child adds its caller's `warm_caller_pid`.
+pub fn add_exec_parent(line: &mut serde_json::Value) {
+    match WARM_CALLER.get() {
+        Some(caller) => {
+            line["ppid"] = caller.ppid.into();
+            line["warm_caller_pid"] = caller.pid.into();
+        }
+        None => line["ppid"] = nix::unistd::getppid().as_raw().into(),
+    }
 }
 
 static PROCESS_START: OnceLock<Instant> = OnceLock::new();

@@ -24,10 +24,6 @@ impl Server {
             child: command.spawn().expect("start flex serve"),
         }
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
 }
 
 impl Drop for Server {
@@ -68,18 +64,25 @@ fn last_reply_line(node: &Node, verb: &str) -> Value {
         .unwrap_or_else(|| panic!("no reply to {verb} in the log:\n{}", node.log()))
 }
 
-/// Whether the last `verb` call was answered by a child of `server`.
-fn served_warm(node: &Node, verb: &str, server: &Server) -> bool {
-    last_reply_line(node, verb)["ppid"].as_u64() == Some(u64::from(server.pid()))
+/// Whether the last `verb` call was answered by a warm child (it names the caller it served).
+fn served_warm(node: &Node, verb: &str) -> bool {
+    last_reply_line(node, verb)["warm_caller_pid"].is_u64()
+}
+
+/// Whether the last `verb` call ran in the process this one exec'd.
+fn ran_in_process(node: &Node, verb: &str) -> bool {
+    let line = last_reply_line(node, verb);
+    line["warm_caller_pid"].is_null()
+        && line["ppid"].as_u64() == Some(u64::from(std::process::id()))
 }
 
 /// Calls `init` until a warm child answers it (the server has started its pool), then waits
 /// for the pool to be full again.
-fn wait_warm(node: &Node, driver: &Path, server: &Server) {
+fn wait_warm(node: &Node, driver: &Path) {
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         node.run(driver, &["init"]).success();
-        if served_warm(node, "init", server) {
+        if served_warm(node, "init") {
             wait_idle(driver);
             return;
         }
@@ -98,7 +101,7 @@ fn warm_node() -> (Node, PathBuf, Server) {
     let node = Node::new();
     let driver = install(&node, &guest("flex_tmpfs"));
     let server = Server::start(&node);
-    wait_warm(&node, &driver, &server);
+    wait_warm(&node, &driver);
     (node, driver, server)
 }
 
@@ -118,17 +121,38 @@ fn warm_calls_answer_as_calls_in_process_do_and_stop_with_the_server() {
     };
     let in_process = cold(&["init"]).success();
     let server = Server::start(&node);
-    wait_warm(&node, &driver, &server);
+    wait_warm(&node, &driver);
     wait_idle(&driver);
     assert_eq!(node.run(&driver, &["init"]).success(), in_process);
-    assert!(served_warm(&node, "init", &server));
+    assert!(served_warm(&node, "init"));
 
     // A real mount and unmount, each by a child of its own.
     let dir = node.pod_dir("warm");
     wait_idle(&driver);
-    node.run(&driver, &["mount", dir.to_str().unwrap(), &tmpfs_json()])
-        .success();
-    assert!(served_warm(&node, "mount", &server));
+    let mut caller = node
+        .command(&driver, &["mount", dir.to_str().unwrap(), &tmpfs_json()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let caller_pid = Value::from(caller.id());
+    assert!(caller.wait().unwrap().success());
+    assert!(served_warm(&node, "mount"));
+    // Logged and audited as this process's call, naming the process it exec'd.
+    let reply = last_reply_line(&node, "mount");
+    assert_eq!(reply["warm_caller_pid"], caller_pid, "{reply}");
+    assert_eq!(reply["ppid"], Value::from(std::process::id()), "{reply}");
+    let audited = node
+        .audit()
+        .into_iter()
+        .rev()
+        .find(|l| l["operation"] == "mount");
+    let audited = audited.expect("the mount audited");
+    assert_eq!(audited["warm_caller_pid"], caller_pid, "{audited}");
+    assert_eq!(
+        audited["ppid"],
+        Value::from(std::process::id()),
+        "{audited}"
+    );
     let mounted = mounts_at(&dir);
     assert_eq!(mounted.len(), 1, "{mounted:?}");
     assert_eq!(mounted[0].fs_type, "tmpfs");
@@ -136,7 +160,7 @@ fn warm_calls_answer_as_calls_in_process_do_and_stop_with_the_server() {
     wait_idle(&driver);
     node.run(&driver, &["unmount", dir.to_str().unwrap()])
         .success();
-    assert!(served_warm(&node, "unmount", &server));
+    assert!(served_warm(&node, "unmount"));
     assert_ne!(
         last_reply_line(&node, "unmount")["pid"],
         mount_pid,
@@ -160,17 +184,12 @@ fn warm_calls_answer_as_calls_in_process_do_and_stop_with_the_server() {
         "the server removes its sockets when stopped"
     );
     node.run(&driver, &["init"]).success();
-    let line = last_reply_line(&node, "init");
-    assert_eq!(
-        line["ppid"].as_u64(),
-        Some(u64::from(std::process::id())),
-        "{line}"
-    );
+    assert!(ran_in_process(&node, "init"), "{}", node.log());
 }
 
 #[test]
 fn a_policy_change_or_an_upgrade_reaches_the_very_next_call() {
-    let (node, driver, server) = warm_node();
+    let (node, driver, _server) = warm_node();
 
     // Nothing granted any more: the next mount is denied, and mounts nothing.
     node.set_policy(NAME, "");
@@ -183,11 +202,11 @@ fn a_policy_change_or_an_upgrade_reaches_the_very_next_call() {
         "the child says why it declined"
     );
     // The server restarts the pool under the new policy: warm again, still denied.
-    wait_warm(&node, &driver, &server);
+    wait_warm(&node, &driver);
     wait_idle(&driver);
     let denied = node.run(&driver, &["mount", dir.to_str().unwrap(), &tmpfs_json()]);
     assert!(denied.failure().contains("denied"), "{denied:?}");
-    assert!(served_warm(&node, "mount", &server));
+    assert!(served_warm(&node, "mount"));
 
     // An upgrade to another component: its first call already runs it.
     let before = node.run(&driver, &["init"]).success();
@@ -199,7 +218,7 @@ fn a_policy_change_or_an_upgrade_reaches_the_very_next_call() {
 
 #[test]
 fn the_call_runs_in_the_callers_mount_namespace() {
-    let (node, driver, server) = warm_node();
+    let (node, driver, _server) = warm_node();
     let dir = node.pod_dir("ns");
     // A caller in a mount namespace of its own: the mount is made there, not in the server's.
     let script = format!(
@@ -216,7 +235,7 @@ fn the_call_runs_in_the_callers_mount_namespace() {
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("\"Success\""), "{out:?}");
     assert!(out.stdout.trim_end().ends_with("tmpfs"), "{out:?}");
-    assert!(served_warm(&node, "mount", &server));
+    assert!(served_warm(&node, "mount"));
     assert!(
         mounts_at(&dir).is_empty(),
         "nothing mounted outside the caller's namespace"
@@ -319,7 +338,7 @@ fn a_caller_killed_mid_call_takes_its_call_with_it() {
     // The hostile driver's `loop` attack spins until the deadline (120 s by default).
     let driver = install(&node, &guest("flex_hostile"));
     let server = Server::start(&node);
-    wait_warm(&node, &driver, &server);
+    wait_warm(&node, &driver);
     let children = warm_children(&driver);
     assert!(!children.is_empty());
     let dir = node.pod_dir("killed");
@@ -362,12 +381,7 @@ fn a_caller_with_another_policy_dir_runs_its_call_itself() {
     let out = Output::from(command.output().unwrap());
     assert!(out.failure().contains("denied"), "{out:?}");
     assert!(mounts_at(&dir).is_empty());
-    let line = last_reply_line(&node, "mount");
-    assert_eq!(
-        line["ppid"].as_u64(),
-        Some(u64::from(std::process::id())),
-        "{line}"
-    );
+    assert!(ran_in_process(&node, "mount"), "{}", node.log());
     assert!(
         node.log().contains("the caller's FLEX_POLICY_DIR differs"),
         "{}",

@@ -90,7 +90,10 @@ impl<'a> Query<'a> {
             && is("level", self.level)
             && is("decision", self.decision)
             && is("operation", self.operation)
-            && f.pid.is_none_or(|p| line["pid"].as_u64() == Some(p))
+            // The process kubelet exec'd, whether it ran the call or a warm child did.
+            && f.pid.is_none_or(|p| {
+                line["pid"].as_u64() == Some(p) || line["warm_caller_pid"].as_u64() == Some(p)
+            })
             && self.since.is_none_or(|s| time >= s)
             && self.until.is_none_or(|u| time <= u)
     }
@@ -206,16 +209,16 @@ fn time_text(line: &Value) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(millis)).to_string()
 }
 
-/// One line for a person: time, driver, verb[pid], then what happened.
+/// One line for a person: time, driver, verb[pid], then what happened. A call a warm child
+/// answered shows the pid kubelet exec'd, then the child's: `mount[41 warm 17]`.
 pub fn text(kind: Kind, line: &Value) -> String {
     let s = |key: &str| line[key].as_str().unwrap_or("-").to_string();
-    let head = format!(
-        "{} {} {}[{}]",
-        time_text(line),
-        s("driver"),
-        s("verb"),
-        line["pid"].as_u64().unwrap_or(0)
-    );
+    let pid = line["pid"].as_u64().unwrap_or(0);
+    let pids = match line["warm_caller_pid"].as_u64() {
+        Some(caller) => format!("{caller} warm {pid}"),
+        None => pid.to_string(),
+    };
+    let head = format!("{} {} {}[{pids}]", time_text(line), s("driver"), s("verb"),);
     match kind {
         Kind::Log => {
             let cut = if line["truncated"] == true {
@@ -278,5 +281,24 @@ mod tests {
             text(Kind::Audit, &line),
             "1970-01-01T00:00:00.000Z acme~x mount[7] DENY mount {\"fs\":\"tmpfs\"}; rule: no [mount] grant; error: denied: no (3us)"
         );
+    }
+
+    #[test]
+    fn a_warm_call_is_found_and_shown_by_the_pid_kubelet_exec_d() {
+        let line = serde_json::json!({"time_ms": 0, "pid": 17, "warm_caller_pid": 41,
+            "ppid": 5, "driver": "acme~x", "verb": "init", "level": "info", "source": "host",
+            "message": "reply"});
+        assert_eq!(
+            text(Kind::Log, &line),
+            "1970-01-01T00:00:00.000Z acme~x init[41 warm 17] info host: reply"
+        );
+        for (pid, found) in [(41, true), (17, true), (5, false)] {
+            let filters = Filters {
+                pid: Some(pid),
+                ..Filters::default()
+            };
+            let query = Query::new(Kind::Log, &filters).unwrap();
+            assert_eq!(query.matches(&line), found, "{pid}");
+        }
     }
 }

@@ -275,7 +275,7 @@ enum PolicyCommand {
 }
 
 /// Filters shared by `logs` and `audit`.
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct Filters {
     /// Only this driver (vendor~driver)
     #[arg(long)]
@@ -283,7 +283,7 @@ pub struct Filters {
     /// Only this verb (init, mount, ...)
     #[arg(long)]
     pub verb: Option<String>,
-    /// Only this process (one call)
+    /// Only this process (one call: the pid kubelet exec'd, or the warm child that answered)
     #[arg(long)]
     pub pid: Option<u64>,
     /// Not before: RFC 3339 (2026-12-01T08:00:00Z, UTC) or an age (30s, 10m, 2h, 1d)

@@ -6,7 +6,7 @@ use super::wire::{self, Answer, CallerFds, Request};
 use super::{LOADED_BY, carried};
 use crate::artifact::FileIdentity;
 use crate::locate::Plugin;
-use crate::logfile::{Logger, Timings};
+use crate::logfile::{Logger, Timings, WarmCaller};
 use crate::policy::{self, Policy};
 use crate::protocol::Reply;
 use crate::runtime::{self, Started, WhenStuck};
@@ -151,7 +151,8 @@ fn next_call(listener: &OwnedFd, driver: &str) -> Option<(OwnedFd, Request, Call
     };
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
     let conn = unsafe { OwnedFd::from_raw_fd(fd) };
-    let uid = getsockopt(&conn, sockopt::PeerCredentials).map(|c| c.uid());
+    let peer = getsockopt(&conn, sockopt::PeerCredentials);
+    let uid = peer.map(|c| c.uid());
     if uid != Ok(0) {
         Logger::open(driver, "warm").log(
             "warn",
@@ -162,14 +163,34 @@ fn next_call(listener: &OwnedFd, driver: &str) -> Option<(OwnedFd, Request, Call
     }
     let wait = TimeVal::new(REQUEST_WAIT_SECONDS, 0);
     setsockopt(&conn, sockopt::ReceiveTimeout, &wait).ok()?;
+    // The caller's parent, read before the call's namespaces are entered (this /proc is the
+    // one the peer's pid is in); the caller waits on the call, so its pid is its own.
+    let caller = peer.ok().and_then(|c| {
+        let ppid = parent_of(c.pid())?;
+        Some(WarmCaller { pid: c.pid(), ppid })
+    });
     match wire::recv_request(conn.as_raw_fd()) {
         // A caller that waited too long took its call back.
-        Ok((request, fds)) => wire::take_claim(&fds.claim).then_some((conn, request, fds)),
+        Ok((request, fds)) if wire::take_claim(&fds.claim) => {
+            if let Some(caller) = caller {
+                crate::logfile::serving_for(caller);
+            }
+            Some((conn, request, fds))
+        }
+        Ok(_) => None,
         Err(e) => {
             Logger::open(driver, "warm").log("warn", "host", &format!("warm child: {e}"));
             None
         }
     }
+}
+
+/// A process's parent, from `/proc/<pid>/stat` (the field after the parenthesised name, which
+/// may itself hold spaces and parentheses).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, fields) = stat.rsplit_once(')')?;
+    fields.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Why a child would not serve a call; `stale` when what it loaded is outdated for every
@@ -388,5 +409,23 @@ mod tests {
         assert!(unset.contains("FLEX_POLICY_DIR"), "{unset}");
         let cache = adopt_env(&[], &env(&[("FLEX_CACHE_DIR", "/c")])).unwrap_err();
         assert!(cache.contains("FLEX_CACHE_DIR"), "{cache}");
+    }
+
+    #[test]
+    fn a_callers_parent_is_read_from_proc_whatever_its_name() {
+        let own = std::process::id() as i32;
+        assert_eq!(parent_of(own), Some(nix::unistd::getppid().as_raw()));
+        // A name with a space and a parenthesis, as any program may have.
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("x) 1 2");
+        std::os::unix::fs::symlink("/bin/sleep", &odd).unwrap();
+        let mut child = std::process::Command::new(&odd).arg("5").spawn().unwrap();
+        let pid = child.id() as i32;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let ours = parent_of(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(ours, Some(own));
+        assert_eq!(parent_of(i32::MAX), None);
     }
 }

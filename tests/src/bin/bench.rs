@@ -4,7 +4,8 @@
 //! from this run: the subjects are exec'd round-robin, so machine noise hits them alike.
 //!
 //! `make bench` (root: the mounts are real), or
-//! `cargo run --release -p flex-tests --bin bench -- [RUNS] [CALLGRIND_RUNS]`.
+//! `cargo run --release -p flex-tests --bin bench -- [RUNS] [CALLGRIND_RUNS] [warm]` (`warm`:
+//! only the table of `flex serve`'s warm children against calls in process).
 //!
 //! Prints, per verb (`init`, `mount`, `unmount`): median and p99 wall time, peak RSS of the
 //! call (the child's `ru_maxrss` from `wait4`), instructions per call (`perf stat` where
@@ -39,6 +40,14 @@ impl Subject {
     fn is_other_language(&self) -> bool {
         self.name.contains("JS") || self.name.contains("Python")
     }
+}
+
+/// The Rust driver in flex (the third subject) and the JavaScript and Python ones.
+fn warm_subjects(subjects: &[Subject]) -> Vec<&Subject> {
+    subjects[2..3]
+        .iter()
+        .chain(subjects.iter().filter(|s| s.is_other_language()))
+        .collect()
 }
 
 /// One exec: wall time from spawn to reap, and the child's peak RSS in KiB.
@@ -123,6 +132,8 @@ fn main() {
     let mut cli = std::env::args().skip(1);
     let runs: usize = cli.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let callgrind_runs: usize = cli.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    // `bench RUNS 0 warm`: the warm-children table alone (issue 12's figures).
+    let warm_only = cli.next().as_deref() == Some("warm");
     flex_tests::require_root();
     let node = Node::new();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -184,6 +195,10 @@ fn main() {
         dir: node.pod_dir(&name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")),
     })
     .collect();
+    if warm_only {
+        warm::report(&node, &warm_subjects(&subjects), runs);
+        return;
+    }
     // Warm-up: page cache, and a first check that every subject really works.
     for subject in &subjects {
         for verb in VERBS {
@@ -431,10 +446,7 @@ fn main() {
             check(init(i) <= 3.0)
         );
     }
-    let warm_subjects: Vec<&Subject> = std::iter::once(&subjects[2])
-        .chain(subjects.iter().filter(|s| s.is_other_language()))
-        .collect();
-    warm::report(&node, &warm_subjects, runs);
+    warm::report(&node, &warm_subjects(&subjects), runs);
 }
 
 /// `flex install` of the tmpfs driver into `plugin_dir`, exactly as an operator does it; returns

@@ -65,12 +65,12 @@ pub fn report(node: &Node, subjects: &[&Subject], runs: usize) {
     let until = Instant::now() + Duration::from_secs(120);
     for (i, subject) in subjects.iter().enumerate() {
         let driver = driver_name(subject);
-        while Instant::now() < until && served_by(node, server.id(), Some(&driver)) == 0 {
+        while Instant::now() < until && served_warm(node, Some(&driver)) == 0 {
             call(i, 1, "init");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-    let served_before = served_by(node, server.id(), None);
+    let served_before = served_warm(node, None);
     let verbs = ["init", "mount", "unmount"];
     let mut samples: BTreeMap<(usize, usize, &str), Vec<super::Sample>> = BTreeMap::new();
     for round in 0..runs {
@@ -86,7 +86,7 @@ pub fn report(node: &Node, subjects: &[&Subject], runs: usize) {
             }
         }
     }
-    let served = served_by(node, server.id(), None) - served_before;
+    let served = served_warm(node, None) - served_before;
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(server.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -148,13 +148,13 @@ fn driver_name(subject: &Subject) -> String {
         .unwrap_or_default()
 }
 
-/// Replies in the node's log written by children of `server` (of `driver`, if named).
-fn served_by(node: &Node, server: u32, driver: Option<&str>) -> usize {
+/// Replies in the node's log written by warm children (of `driver`, if named).
+fn served_warm(node: &Node, driver: Option<&str>) -> usize {
     std::fs::read_to_string(node.path("log/flex.log"))
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|l| l["ppid"].as_u64() == Some(u64::from(server)))
+        .filter(|l| l["warm_caller_pid"].is_u64())
         .filter(|l| driver.is_none_or(|d| l["driver"] == d))
         .filter(|l| {
             l["message"]
