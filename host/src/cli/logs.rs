@@ -218,7 +218,7 @@ pub fn text(kind: Kind, line: &Value) -> String {
         Some(caller) => format!("{caller} warm {pid}"),
         None => pid.to_string(),
     };
-    let head = format!("{} {} {}[{pids}]", time_text(line), s("driver"), s("verb"),);
+    let head = format!("{} {} {}[{pids}]", time_text(line), s("driver"), s("verb"));
     match kind {
         Kind::Log => {
             let cut = if line["truncated"] == true {

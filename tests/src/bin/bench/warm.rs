@@ -5,7 +5,7 @@
 use super::{Stats, Subject, args_for, exec, ms, stats};
 use flex_tests::{Node, Value, flex_binary};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -73,7 +73,11 @@ pub fn report(node: &Node, subjects: &[&Subject], runs: usize) {
     let served_before = served_warm(node, None);
     let verbs = ["init", "mount", "unmount"];
     let mut samples: BTreeMap<(usize, usize, &str), Vec<super::Sample>> = BTreeMap::new();
+    // The exec floor in the same rounds: what the machine's exec and exit cost this run.
+    let mut floor = Vec::new();
     for round in 0..runs {
+        std::thread::sleep(PAUSE);
+        floor.push(exec(Path::new("/bin/true"), &[], node, &[]));
         for verb in verbs {
             for k in 0..subjects.len() * 2 {
                 let slot = (round + k) % (subjects.len() * 2);
@@ -127,6 +131,12 @@ pub fn report(node: &Node, subjects: &[&Subject], runs: usize) {
             );
         }
     }
+    let floor = stats(&floor);
+    println!(
+        "  exec floor (/bin/true) in the same rounds: median {:.2} ms, p99 {:.2} ms",
+        ms(floor.median),
+        ms(floor.p99)
+    );
     let check = |ok: bool| if ok { "met" } else { "NOT met" };
     let rust = ms(table[&(0, 0, "init")].median);
     for (i, subject) in subjects.iter().enumerate().skip(1) {
