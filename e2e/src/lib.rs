@@ -353,47 +353,21 @@ impl Cluster {
 }
 
 /// `flex serve` for kubelet's plugin dir, run as kubelet would run it: kubelet's own
-/// environment, so kubelet's calls are the ones its children may answer. Stopped on drop.
-pub struct WarmServer {
-    child: std::process::Child,
-}
-
-impl WarmServer {
-    pub fn start(cluster: &Cluster) -> WarmServer {
-        let environ = format!("/proc/{}/environ", cluster.pid("KUBELET"));
-        let environ = std::fs::read(&environ).unwrap_or_else(|e| panic!("{environ}: {e}"));
-        let plugin_dir = cluster.plugin_dir(Side::Kubelet);
-        let child = Command::new(flex_tests::flex_binary())
-            .args(["serve", "--plugin-dir", plugin_dir.to_str().unwrap()])
-            .env_clear()
-            .envs(environ.split(|&b| b == 0).filter_map(|pair| {
-                let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
-                Some((name.to_owned(), value.to_owned()))
-            }))
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .expect("start flex serve");
-        WarmServer { child }
-    }
-
-    /// The socket of `driver`'s children, once the server made it.
-    pub fn wait_for(&self, cluster: &Cluster, driver: &str) {
-        let socket = cluster
-            .flex_dir(Side::Kubelet, "RUN")
-            .join("warm")
-            .join(format!("{driver}.sock"));
-        cluster.wait_until(Duration::from_secs(60), "the warm socket", || {
-            socket.exists()
-        });
-    }
-}
-
-impl Drop for WarmServer {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
+/// environment, so kubelet's calls are the ones its children may answer.
+pub fn serve_beside_kubelet(cluster: &Cluster) -> flex_tests::WarmServer {
+    let environ = format!("/proc/{}/environ", cluster.pid("KUBELET"));
+    let environ = std::fs::read(&environ).unwrap_or_else(|e| panic!("{environ}: {e}"));
+    let plugin_dir = cluster.plugin_dir(Side::Kubelet);
+    let mut command = Command::new(flex_tests::flex_binary());
+    command
+        .args(["serve", "--plugin-dir", plugin_dir.to_str().unwrap()])
+        .env_clear()
+        .envs(environ.split(|&b| b == 0).filter_map(|pair| {
+            let (name, value) = std::str::from_utf8(pair).ok()?.split_once('=')?;
+            Some((name.to_owned(), value.to_owned()))
+        }))
+        .stdin(std::process::Stdio::null());
+    flex_tests::WarmServer::spawn(command)
 }
 
 pub fn now_ms() -> u64 {

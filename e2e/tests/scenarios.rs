@@ -742,9 +742,9 @@ fn s9_warm_children_answer_kubelets_calls() {
         &flex_tests::script_guest("flex_hostpath_py"),
         &policy_file,
     );
-    let server = flex_e2e::WarmServer::start(c);
-    server.wait_for(c, DRIVER);
-    std::thread::sleep(Duration::from_secs(2)); // the children load the component
+    let server = flex_e2e::serve_beside_kubelet(c);
+    let executable = c.plugin_dir(Side::Kubelet).join(DRIVER).join("hostpath-py");
+    flex_tests::wait_idle(&executable);
 
     let since = now_ms();
     let volume = "  - name: data\n    flexVolume: {driver: flex/hostpath-py}\n";

@@ -137,6 +137,68 @@ impl Output {
     }
 }
 
+/// A running `flex serve`, stopped (SIGTERM, then waited for) on drop.
+pub struct WarmServer {
+    pub child: std::process::Child,
+}
+
+impl WarmServer {
+    /// Starts `command`, a `flex serve` with the environment its callers will have.
+    pub fn spawn(mut command: Command) -> WarmServer {
+        WarmServer {
+            child: command.spawn().expect("start flex serve"),
+        }
+    }
+}
+
+impl Drop for WarmServer {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// `flex serve`'s default pool: children per driver.
+pub const WARM_POOL: usize = 2;
+
+/// Waits until the driver's pool is full: a call made now finds an idle child at once,
+/// however loaded the machine (a replacement child starts at nice 19, and a caller waits
+/// only 50 ms for one before it runs the call itself).
+pub fn wait_idle(driver: &Path) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Blocked in accept4(2) (x86_64 number 288): started, waiting for a call.
+    let idle = |pid: &i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some("288"))
+    };
+    while warm_children(driver).iter().filter(|p| idle(p)).count() < WARM_POOL {
+        assert!(
+            std::time::Instant::now() < until,
+            "the pool did not fill within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The pids of the warm children running `driver`.
+pub fn warm_children(driver: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.first() == Some(&driver.as_os_str().as_encoded_bytes())
+            && args.get(1) == Some(&&b"__warm-child"[..])
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 impl Node {
     pub fn new() -> Node {
         let root = tempfile::Builder::new()

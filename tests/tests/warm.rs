@@ -5,33 +5,17 @@
 use flex_tests::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 const NAME: &str = "acme~tmpfs";
 
-/// `flex serve` on the node's plugin dir, stopped (SIGTERM, then waited for) on drop.
-struct Server {
-    child: Child,
-}
-
-impl Server {
-    fn start(node: &Node) -> Server {
-        let plugins = node.path("plugins");
-        let mut command = node.command(&flex_binary(), &["serve", "--plugin-dir"]);
-        command.arg(&plugins).stderr(std::process::Stdio::null());
-        Server {
-            child: command.spawn().expect("start flex serve"),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
+/// `flex serve` on the node's plugin dir.
+fn serve(node: &Node) -> WarmServer {
+    let mut command = node.command(&flex_binary(), &["serve", "--plugin-dir"]);
+    command
+        .arg(node.path("plugins"))
+        .stderr(std::process::Stdio::null());
+    WarmServer::spawn(command)
 }
 
 fn install(node: &Node, component: &Path) -> PathBuf {
@@ -96,11 +80,11 @@ fn wait_warm(node: &Node, driver: &Path) {
 }
 
 /// A node with the tmpfs driver installed and a server answering its calls warm.
-fn warm_node() -> (Node, PathBuf, Server) {
+fn warm_node() -> (Node, PathBuf, WarmServer) {
     require_root();
     let node = Node::new();
     let driver = install(&node, &guest("flex_tmpfs"));
-    let server = Server::start(&node);
+    let server = serve(&node);
     wait_warm(&node, &driver);
     (node, driver, server)
 }
@@ -120,7 +104,7 @@ fn warm_calls_answer_as_calls_in_process_do_and_stop_with_the_server() {
         Output::from(command.output().unwrap())
     };
     let in_process = cold(&["init"]).success();
-    let server = Server::start(&node);
+    let server = serve(&node);
     wait_warm(&node, &driver);
     wait_idle(&driver);
     assert_eq!(node.run(&driver, &["init"]).success(), in_process);
@@ -294,50 +278,13 @@ except OSError as e:
     drop(server);
 }
 
-/// The server's default pool.
-const POOL: usize = 2;
-
-/// Waits until the driver's pool is full: a call made now finds an idle child at once,
-/// however loaded the machine (a replacement child starts at nice 19, and a caller waits
-/// only 50 ms for one before it runs the call itself).
-fn wait_idle(driver: &Path) {
-    let until = Instant::now() + Duration::from_secs(60);
-    // Blocked in accept4(2) (x86_64 number 288): started, waiting for a call.
-    let idle = |pid: &i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-            .is_ok_and(|s| s.split_whitespace().next() == Some("288"))
-    };
-    while warm_children(driver).iter().filter(|p| idle(p)).count() < POOL {
-        assert!(Instant::now() < until, "the pool did not fill within 60 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The pids of the warm children running `driver`.
-fn warm_children(driver: &Path) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.first() == Some(&driver.as_os_str().as_encoded_bytes())
-            && args.get(1) == Some(&&b"__warm-child"[..])
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
 #[test]
 fn a_caller_killed_mid_call_takes_its_call_with_it() {
     require_root();
     let node = Node::new();
     // The hostile driver's `loop` attack spins until the deadline (120 s by default).
     let driver = install(&node, &guest("flex_hostile"));
-    let server = Server::start(&node);
+    let server = serve(&node);
     wait_warm(&node, &driver);
     let children = warm_children(&driver);
     assert!(!children.is_empty());

@@ -3,7 +3,7 @@
 //! `init` (within 2x the Rust driver's, and under 3 ms).
 
 use super::{Stats, Subject, args_for, exec, ms, stats};
-use flex_tests::{Node, Value, flex_binary};
+use flex_tests::{Node, Value, WarmServer, flex_binary};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,7 +29,8 @@ pub fn report(node: &Node, subjects: &[&Subject], runs: usize) {
             ),
         ]
     };
-    let mut server = Command::new(flex_binary())
+    let mut server = Command::new(flex_binary());
+    server
         .args(["serve", "--plugin-dir"])
         .arg(node.path("plugins"))
         .env("FLEX_POLICY_DIR", node.path("policy"))
@@ -38,9 +39,8 @@ pub fn report(node: &Node, subjects: &[&Subject], runs: usize) {
         .envs(env(node))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start flex serve");
+        .stderr(Stdio::null());
+    let server = WarmServer::spawn(server);
     let extra = env(node);
     // Each subject mounts on a directory of its own per mode.
     let dirs: Vec<[PathBuf; 2]> = subjects
@@ -91,11 +91,7 @@ pub fn report(node: &Node, subjects: &[&Subject], runs: usize) {
         }
     }
     let served = served_warm(node, None) - served_before;
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = server.wait();
+    drop(server);
     let table: BTreeMap<(usize, usize, &str), Stats> =
         samples.iter().map(|(key, s)| (*key, stats(s))).collect();
     let warm_calls = runs * verbs.len() * subjects.len();
